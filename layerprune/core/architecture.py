@@ -1,0 +1,122 @@
+"""Find the parts of a decoder-only causal LM by inspecting it, not by a per-family table.
+
+A decoder is recognised by its list of blocks: the ``nn.ModuleList`` whose length equals the
+config's layer count and whose entries share one class (``model.layers`` on Llama/Qwen/Gemma,
+``transformer.h`` on GPT-2, ``gpt_neox.layers`` on GPT-NeoX). The final norm is the norm module
+that the base model applies after the blocks; lm_head is ``get_output_embeddings()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from layerprune.core.errors import UnsupportedArchitectureError
+
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+
+
+def text_config(config):  # type: ignore[no-untyped-def]
+    """The text part of a config (Gemma3 and other multimodal configs nest it)."""
+    get = getattr(config, "get_text_config", None)
+    return get() if callable(get) else config
+
+
+def layer_count_key(config) -> str:  # type: ignore[no-untyped-def]
+    cfg = text_config(config)
+    for key in LAYER_COUNT_KEYS:
+        if isinstance(getattr(cfg, key, None), int):
+            return key
+    raise UnsupportedArchitectureError(
+        f"unsupported architecture {type(config).__name__}: no layer count in its config", param="model"
+    )
+
+
+def num_layers_of(config) -> int:  # type: ignore[no-untyped-def]
+    return int(getattr(text_config(config), layer_count_key(config)))
+
+
+@dataclass(frozen=True)
+class DecoderParts:
+    layers: nn.ModuleList
+    layers_path: str  # dotted module path of the block list, e.g. "model.layers"
+    final_norm: nn.Module | None
+    final_norm_path: str | None
+    lm_head: nn.Module
+    lm_head_path: str
+    embeddings: nn.Module
+
+
+def _module_path(model: nn.Module, target: nn.Module) -> str:
+    for name, mod in model.named_modules():
+        if mod is target:
+            return name
+    raise UnsupportedArchitectureError("module not found in model", param="model")
+
+
+def find_decoder_parts(model: nn.Module) -> DecoderParts:
+    """Locate blocks, final norm, lm_head and input embeddings of a causal LM."""
+    config = getattr(model, "config", None)
+    if config is None:
+        raise UnsupportedArchitectureError("not a Hugging Face model (no config)", param="model")
+    n = num_layers_of(config)
+    candidates: list[tuple[str, nn.ModuleList]] = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) == n and n > 0:
+            if len({type(m) for m in mod}) == 1 and any(True for _ in mod[0].parameters()):
+                candidates.append((name, mod))
+    if not candidates:
+        raise UnsupportedArchitectureError(
+            f"unsupported architecture {type(model).__name__}: no list of {n} decoder blocks found", param="model"
+        )
+    # The shallowest matching list is the decoder trunk (vision towers etc. sit deeper or differ in length).
+    layers_path, layers = min(candidates, key=lambda c: c[0].count("."))
+    lm_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if lm_head is None:
+        raise UnsupportedArchitectureError(
+            f"unsupported architecture {type(model).__name__}: no output embeddings (not a causal LM)", param="model"
+        )
+    embeddings = model.get_input_embeddings()
+    parent_path = layers_path.rsplit(".", 1)[0] if "." in layers_path else ""
+    parent = model.get_submodule(parent_path) if parent_path else model
+    final_norm, final_norm_path = None, None
+    for attr in ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f"):
+        mod = getattr(parent, attr, None)
+        if isinstance(mod, nn.Module):
+            final_norm = mod
+            final_norm_path = f"{parent_path}.{attr}" if parent_path else attr
+            break
+    return DecoderParts(
+        layers=layers,
+        layers_path=layers_path,
+        final_norm=final_norm,
+        final_norm_path=final_norm_path,
+        lm_head=lm_head,
+        lm_head_path=_module_path(model, lm_head),
+        embeddings=embeddings,
+    )
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    return find_decoder_parts(model).layers
+
+
+def layer_param_count(layer: nn.Module) -> int:
+    return sum(p.numel() for p in layer.parameters())
+
+
+def count_params(model: nn.Module) -> int:
+    """Unique parameters (tied embeddings counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
