@@ -120,3 +120,16 @@ def count_params(model: nn.Module) -> int:
 
 def model_dtype(model: nn.Module) -> torch.dtype:
     return next(model.parameters()).dtype
+
+
+def meta_model(config):  # type: ignore[no-untyped-def]
+    """Instantiate a model from its config on the meta device: structure only, no memory."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def layers_key_prefix(config) -> str:  # type: ignore[no-untyped-def]
+    """State-dict key prefix of the decoder blocks, e.g. ``model.layers.`` (block i: prefix + f"{i}.")."""
+    return find_decoder_parts(meta_model(config)).layers_path + "."

@@ -1,0 +1,115 @@
+"""The one settings object of the service, read from ``LAYERPRUNE_*`` environment variables.
+
+Every value has an embedded default that needs no server: SQLite and a filesystem Celery
+transport under ``LAYERPRUNE_DATA_DIR`` (default ``./.lp-data``), artifacts on local disk.
+Production sets ``LAYERPRUNE_DATABASE_URL=postgresql+psycopg://…`` and
+``LAYERPRUNE_BROKER_URL=redis://…``; the code is the same.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LAYERPRUNE_", extra="ignore")
+
+    data_dir: Path = Path(".lp-data")
+    database_url: str = ""  # default: sqlite under data_dir
+    broker_url: str = ""  # default: filesystem transport under data_dir
+    storage_dir: Path | None = None  # default: data_dir/artifacts
+    storage_url: str = ""  # "" = local storage_dir; "s3://bucket/prefix" for object storage
+    s3_endpoint_url: str | None = None
+    model_roots: str = ""  # os.pathsep-separated folders that "model" paths may name
+    api_keys: str = ""  # "tenant-a:key-a,tenant-b:key-b", created at start-up (stored hashed)
+    webhook_allowed_hosts: str = ""  # comma-separated hosts exempt from the SSRF guard
+    cache_dir: Path | None = None  # converted bundled models (LAYERPRUNE_CACHE_DIR)
+
+    # Jobs and workers
+    max_attempts: int = Field(3, ge=1)
+    lease_seconds: int = Field(120, ge=5)  # a running job whose lease expires is re-queued
+    heartbeat_seconds: float = Field(15.0, gt=0)  # how often a worker extends its lease
+    reaper_interval_seconds: float = Field(15.0, gt=0)
+    dispatch_interval_seconds: float = Field(5.0, gt=0)  # outbox sweep for undispatched jobs
+    task_soft_time_limit: int = Field(24 * 3600, ge=60)
+    task_time_limit: int = Field(24 * 3600 + 600, ge=60)
+    worker_queues: str = "gpu,cpu"  # queues this worker consumes
+    cuda_workers: bool | None = None  # do CUDA workers exist? None: ask torch on this host
+    progress_event_interval_seconds: float = Field(2.0, ge=0)  # rate limit of progress events
+
+    # API
+    max_spec_bytes: int = 1024 * 1024
+    max_upload_bytes: int = 512 * 1024 * 1024
+    idempotency_ttl_hours: int = 24
+    cors_origins: str = ""
+    log_json: bool = True
+    log_level: str = "INFO"
+
+    @field_validator("data_dir", mode="after")
+    @classmethod
+    def _abs(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'layerprune.db'}"
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_folder(self) -> Path:
+        """Folder of the embedded filesystem transport (used when broker_url is empty)."""
+        return self.data_dir / "broker"
+
+    @property
+    def effective_storage_dir(self) -> Path:
+        return (self.storage_dir or self.data_dir / "artifacts").expanduser().resolve()
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @property
+    def work_dir(self) -> Path:
+        """Per-job scratch space of workers (stage outputs, checkpoints); survives retries."""
+        return self.data_dir / "work"
+
+    @property
+    def model_root_paths(self) -> list[Path]:
+        return [Path(p).expanduser().resolve() for p in self.model_roots.split(os.pathsep) if p.strip()]
+
+    @property
+    def bootstrap_keys(self) -> list[tuple[str, str]]:
+        pairs = []
+        for item in self.api_keys.split(","):
+            if item.strip():
+                tenant, sep, key = item.strip().partition(":")
+                if not sep or not tenant or not key:
+                    raise ValueError("LAYERPRUNE_API_KEYS must look like 'tenant:key,tenant2:key2'")
+                pairs.append((tenant, key))
+        return pairs
+
+    @property
+    def webhook_allowed_host_set(self) -> set[str]:
+        return {h.strip().lower() for h in self.webhook_allowed_hosts.split(",") if h.strip()}
+
+    @property
+    def queues(self) -> list[str]:
+        return [q.strip() for q in self.worker_queues.split(",") if q.strip()]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings_cache() -> None:
+    """Tests change the environment between cases; forget the cached Settings."""
+    get_settings.cache_clear()
