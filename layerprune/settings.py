@@ -30,6 +30,17 @@ class Settings(BaseSettings):
     webhook_allowed_hosts: str = ""  # comma-separated hosts exempt from the SSRF guard
     cache_dir: Path | None = None  # converted bundled models (LAYERPRUNE_CACHE_DIR)
 
+    # Webhooks, object storage, dashboard (issue 7)
+    webhook_max_attempts: int = Field(8, ge=1)  # attempts per delivery before it is marked failed
+    webhook_backoff_base_seconds: float = Field(10.0, gt=0)  # delay after attempt n: base * 2**(n-1)
+    webhook_backoff_cap_seconds: float = Field(3600.0, gt=0)  # ... but never more than this
+    webhook_timeout_seconds: float = Field(10.0, gt=0)  # one HTTP attempt
+    webhook_interval_seconds: float = Field(2.0, gt=0)  # how often the sender thread looks for due deliveries
+    s3_presign_downloads: bool = False  # artifact downloads answer 307 to a presigned S3 URL
+    s3_presign_seconds: int = Field(300, ge=1)
+    s3_multipart_threshold_bytes: int = Field(64 * 1024 * 1024, ge=5 * 1024 * 1024)
+    download_token_seconds: int = Field(300, ge=1)  # dashboard's short-lived signed download links
+
     # Jobs and workers
     max_attempts: int = Field(3, ge=1)
     lease_seconds: int = Field(120, ge=5)  # a running job whose lease expires is re-queued
