@@ -1,0 +1,208 @@
+"""Sending jobs to workers: the Celery app's configuration and the outbox sweep.
+
+Postgres (or SQLite) is the truth; a broker message carries only a job id and may be lost or
+delivered twice without harm, because a worker claims the job row atomically before running it
+(``layerprune.db.queue.claim_job``). So:
+
+- the API commits a job, then calls :func:`send_job`; if the broker is down the job keeps
+  ``dispatched_at = NULL`` and :func:`dispatch_pending` (run every few seconds by the API and by
+  every worker) sends it once the broker is back;
+- a message lost by the broker itself (Redis restarted without persistence) is covered by
+  re-sending jobs that stay ``queued`` long after their last send, with exponential back-off on
+  ``dispatch_count`` so that a long backlog does not fill the queue with copies.
+
+This module is imported by the API and must not import ``layerprune.worker``: tasks are sent by
+name (``layerprune.run_job``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from celery import Celery
+
+from layerprune.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+TASK_NAME = "layerprune.run_job"
+QUEUES = ("gpu", "cpu")
+
+# A publish to an unreachable broker must fail fast (the API answers 201 and the sweep retries),
+# not hang a request for the broker client's default minute of reconnects.
+_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+
+
+def _filesystem_options(settings: Settings) -> dict[str, Any]:
+    folder = settings.broker_folder
+    queue_dir = folder / "queue"
+    processed = folder / "processed"
+    control = folder / "control"
+    for d in (queue_dir, processed, control):
+        d.mkdir(parents=True, exist_ok=True)
+    # Producers and consumers share one folder: "in" and "out" are the same directory.
+    return {
+        "data_folder_in": str(queue_dir),
+        "data_folder_out": str(queue_dir),
+        "processed_folder": str(processed),
+        "control_folder": str(control),
+        "store_processed": False,
+    }
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery settings for hour-long, one-at-a-time GPU jobs."""
+    broker = settings.effective_broker_url
+    transport_options: dict[str, Any] = {}
+    if broker.startswith("filesystem"):
+        transport_options = _filesystem_options(settings)
+    elif broker.startswith(("redis", "rediss")):
+        # Redis re-delivers an unacked message after visibility_timeout. Jobs last hours and a
+        # duplicate is harmless (claim is atomic) but wasteful: keep it beyond the hard limit.
+        transport_options = {"visibility_timeout": settings.task_time_limit + 3600,
+                             "socket_connect_timeout": 3, "socket_timeout": 10}
+    return {
+        "broker_url": broker,
+        "broker_transport_options": transport_options,
+        "broker_connection_timeout": 3,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,  # a worker waits for its broker forever
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_max_tasks_per_child": 1,
+        "worker_concurrency": 1,
+        "task_soft_time_limit": settings.task_soft_time_limit,
+        "task_time_limit": settings.task_time_limit,
+        "task_default_queue": "gpu",
+        "task_create_missing_queues": True,
+        "task_routes": {TASK_NAME: {"queue": "gpu"}},
+        "task_publish_retry_policy": _PUBLISH_RETRY_POLICY,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "broker_heartbeat": 0,
+    }
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    app = Celery("layerprune")
+    app.conf.update(celery_config(settings or get_settings()))
+    return app
+
+
+celery_app: Celery = make_celery()
+
+
+def configure(settings: Settings | None = None) -> Celery:
+    """Re-read settings into the shared ``celery_app`` (tests change the environment)."""
+    settings = settings or get_settings()
+    celery_app.close()  # drop pooled connections to the previous broker
+    celery_app.conf.update(celery_config(settings))
+    celery_app._pool = None  # noqa: SLF001 - Celery rebuilds it from the new broker_url
+    return celery_app
+
+
+def send_job(job_id: str, queue: str) -> None:
+    """Publish one message carrying ``job_id`` on ``queue``; raises when the broker is unreachable."""
+    if queue not in QUEUES:
+        raise ValueError(f"unknown queue {queue!r}")
+    celery_app.send_task(TASK_NAME, args=[job_id], queue=queue, routing_key=queue,
+                         retry=True, retry_policy=_PUBLISH_RETRY_POLICY)
+
+
+def broker_ok(timeout: float = 2.0) -> bool:
+    """Whether the broker accepts a connection now (for /readyz)."""
+    broker = celery_app.conf.broker_url or ""
+    if broker.startswith("filesystem"):
+        folder = celery_app.conf.broker_transport_options.get("data_folder_in")
+        if not folder:
+            return False
+        from pathlib import Path
+
+        return Path(folder).is_dir()
+    try:
+        with celery_app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.1,
+                                   interval_max=0.1, timeout=timeout)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not reachable"
+        return False
+
+
+def _redispatch_due(dispatched_at: datetime | None, dispatch_count: int, now: datetime, base_s: float) -> bool:
+    """Re-send a still-queued job after ``base_s × 2^(dispatch_count-1)`` seconds, capped at 6 h."""
+    if dispatched_at is None:
+        return True
+    if dispatched_at.tzinfo is None:
+        dispatched_at = dispatched_at.replace(tzinfo=UTC)
+    wait = min(base_s * (2 ** max(dispatch_count - 1, 0)), 6 * 3600.0)
+    return now - dispatched_at >= timedelta(seconds=wait)
+
+
+def dispatch_pending(
+    session_factory: Callable[[], AbstractContextManager[Any]] | Callable[[], Any],
+    *,
+    limit: int = 100,
+    redispatch_after_s: float | None = None,
+) -> int:
+    """Send every queued job not yet sent (and re-send long-waiting ones); returns how many were sent.
+
+    Safe in several processes at once: a job sent twice is claimed once. Each job is sent first and
+    marked afterwards, so a crash in between only causes a harmless second send. Stops at the
+    first broker error (the broker is down: the next sweep retries).
+    """
+    from layerprune.db.queue import mark_dispatched, pending_dispatch
+
+    if redispatch_after_s is None:
+        redispatch_after_s = float(getattr(get_settings(), "redispatch_after_seconds", 300.0))
+    sent = 0
+    with _session(session_factory) as session:
+        candidates = pending_dispatch(session, limit, redispatch_after_s=redispatch_after_s)
+    for job_id, queue in candidates:
+        try:
+            send_job(job_id, queue)
+        except Exception as exc:  # noqa: BLE001 - broker down: leave it for the next sweep
+            log.warning("dispatch of %s failed: %s", job_id, exc)
+            break
+        with _session(session_factory) as session:
+            mark_dispatched(session, job_id)
+            session.commit()
+        sent += 1
+    return sent
+
+
+class _session:  # noqa: N801 - used like a function
+    """Accept either a sessionmaker (call → Session) or a context-manager factory (session_scope)."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self._cm: Any = None
+        self._session: Any = None
+
+    def __enter__(self) -> Any:
+        made = self._factory()
+        if hasattr(made, "execute"):
+            self._session = made
+            return made
+        self._cm = made
+        self._session = made.__enter__()
+        return self._session
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._cm is not None:
+            self._cm.__exit__(*exc)
+        else:
+            self._session.close()
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
