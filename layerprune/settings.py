@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(15.0, gt=0)  # how often a worker extends its lease
     reaper_interval_seconds: float = Field(15.0, gt=0)
     dispatch_interval_seconds: float = Field(5.0, gt=0)  # outbox sweep for undispatched jobs
+    # a job still queued this long after its last send is sent again (doubling each time):
+    # covers a broker that lost its messages (Redis restarted without persistence)
+    redispatch_after_seconds: float = Field(300.0, gt=0)
     task_soft_time_limit: int = Field(24 * 3600, ge=60)
     task_time_limit: int = Field(24 * 3600 + 600, ge=60)
     worker_queues: str = "gpu,cpu"  # queues this worker consumes
