@@ -1,0 +1,323 @@
+"""One job's stages, in order: prune → finetune → evaluate → export.
+
+Pure core: no database, no broker. Whoever runs a job (the worker, the CLI, a test) gives a
+resolved model source, a work directory and :class:`Hooks`. Everything a stage produces lives in
+``work_dir``:
+
+- ``prune/``, ``finetune/`` (and ``finetune_work/`` checkpoints): the stage outputs;
+- ``stage_<name>.json``: written atomically when a stage ends. A retried job skips every stage
+  whose marker exists and fine-tuning resumes from its last checkpoint in ``finetune_work/``;
+- ``output/``: what gets published. For a job that changes the model: the final Hugging Face
+  directory with ``README.md`` (model card) and ``layerprune.json``. An evaluate-only job does not
+  copy the unchanged model: its output is only ``metrics.json`` (and ``layerprune.json``).
+
+When ``evaluate`` is present with ``compare_base`` and the job changed the model, the input model
+is evaluated too, under the same settings, and the deltas are reported (``compare_results``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from layerprune.core.hooks import Hooks
+from layerprune.core.spec import JobSpec
+
+STAGES = ("prune", "finetune", "evaluate", "export")
+OUTPUT_DIR = "output"
+
+
+@dataclass
+class PipelineResult:
+    """The job's ``result`` (the worker adds ``artifacts``)."""
+
+    removed_layers: list[int] = field(default_factory=list)
+    layer_scores: list[float] | None = None
+    num_layers_before: int = 0
+    num_layers_after: int = 0
+    params_before: int = 0
+    params_after: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)  # {"before", "after", "deltas"}
+    prune: dict[str, Any] | None = None
+    finetune: dict[str, Any] | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage run in this attempt
+    output_kind: str = "model"  # "model" (a HF directory) or "metrics" (evaluate-only)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def stages_of(spec: JobSpec) -> list[str]:
+    """The stages this spec runs, in order (export always ends a job)."""
+    out = []
+    if spec.prune is not None:
+        out.append("prune")
+    if spec.finetune is not None and spec.finetune.method != "none":
+        out.append("finetune")
+    if spec.evaluate is not None:
+        out.append("evaluate")
+    out.append("export")
+    return out
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary file beside ``path``, fsync, then rename over it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True, default=str)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _marker(work_dir: Path, stage: str) -> Path:
+    return work_dir / f"stage_{stage}.json"
+
+
+def _done(work_dir: Path, stage: str) -> dict[str, Any] | None:
+    path = _marker(work_dir, stage)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None  # a torn marker cannot happen (atomic rename) but must not crash a retry
+
+
+def _with_datasets(spec: JobSpec, dataset_paths: dict[str, Path]) -> JobSpec:
+    """Replace uploaded-file refs ("file_…") in the spec by the local paths the runner resolved."""
+    if not dataset_paths:
+        return spec
+
+    def sub(ref: str) -> str:
+        return str(dataset_paths[ref]) if ref in dataset_paths else ref
+
+    update: dict[str, Any] = {}
+    if spec.prune is not None:
+        cal = spec.prune.calibration.model_copy(update={"dataset": sub(spec.prune.calibration.dataset)})
+        update["prune"] = spec.prune.model_copy(update={"calibration": cal})
+    if spec.finetune is not None:
+        update["finetune"] = spec.finetune.model_copy(update={"dataset": sub(spec.finetune.dataset)})
+    if spec.evaluate is not None and spec.evaluate.perplexity is not None:
+        ppl = spec.evaluate.perplexity.model_copy(update={"dataset": sub(spec.evaluate.perplexity.dataset)})
+        update["evaluate"] = spec.evaluate.model_copy(update={"perplexity": ppl})
+    return spec.model_copy(update=update)
+
+
+def model_shape(model_dir: Path) -> tuple[int, int]:
+    """(decoder layers, parameters) of a saved model, from its config alone (nothing loaded)."""
+    from transformers import AutoConfig
+
+    from layerprune.core.architecture import count_params, meta_model, num_layers_of
+
+    config = AutoConfig.from_pretrained(model_dir)
+    return num_layers_of(config), count_params(meta_model(config))
+
+
+def _copy_model_dir(src: Path, dst: Path) -> None:
+    """Copy a finished model directory to ``dst`` (hard links where possible: outputs are immutable)."""
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    def link_or_copy(s: str, d: str) -> None:
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    shutil.copytree(src, tmp, copy_function=link_or_copy)
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(tmp, dst)
+
+
+def run_pipeline(
+    spec: JobSpec,
+    source: Any,
+    work_dir: Path,
+    hooks: Hooks,
+    *,
+    dataset_paths: dict[str, Path] | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``spec``'s stages on ``source`` (a ModelSource: ``.local_dir``) and return the job result.
+
+    Stages already finished in ``work_dir`` (an earlier attempt) are skipped; their saved outputs
+    are reused. Raises core's typed errors (LayerPruneError) or Cancelled.
+    """
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    spec = _with_datasets(spec, dict(dataset_paths or {}))
+    base_dir = Path(source.local_dir)
+    stages = stages_of(spec)
+    result = PipelineResult()
+    result.num_layers_before, result.params_before = model_shape(base_dir)
+    result.num_layers_after, result.params_after = result.num_layers_before, result.params_before
+    _check_finetune_early(spec, result.num_layers_before)
+
+    def begin(stage: str) -> float:
+        hooks.check()
+        if on_stage is not None:
+            on_stage(stage)
+        return time.monotonic()
+
+    current = base_dir
+    if "prune" in stages:
+        saved = _done(work_dir, "prune")
+        if saved is None:
+            t0 = begin("prune")
+            saved = _run_prune(spec, current, work_dir, hooks)
+            saved["seconds"] = time.monotonic() - t0
+            write_json_atomic(_marker(work_dir, "prune"), saved)
+            result.timings["prune"] = saved["seconds"]
+        result.prune = saved
+        result.removed_layers = list(saved.get("removed_layers", []))
+        result.layer_scores = saved.get("layer_scores")
+        current = work_dir / "prune"
+
+    if "finetune" in stages:
+        saved = _done(work_dir, "finetune")
+        if saved is None:
+            t0 = begin("finetune")
+            saved = _run_finetune(spec, current, work_dir, hooks)
+            saved["seconds"] = time.monotonic() - t0
+            write_json_atomic(_marker(work_dir, "finetune"), saved)
+            result.timings["finetune"] = saved["seconds"]
+        result.finetune = saved
+        current = work_dir / "finetune"
+
+    changed = current != base_dir
+    if changed:
+        result.num_layers_after, result.params_after = model_shape(current)
+
+    if "evaluate" in stages:
+        saved = _done(work_dir, "evaluate")
+        if saved is None:
+            t0 = begin("evaluate")
+            saved = _run_evaluate(spec, base_dir, current, changed, work_dir, hooks)
+            saved["seconds"] = time.monotonic() - t0
+            write_json_atomic(_marker(work_dir, "evaluate"), saved)
+            result.timings["evaluate"] = saved["seconds"]
+        result.metrics = {k: saved.get(k) for k in ("before", "after", "deltas")}
+
+    saved = _done(work_dir, "export")
+    if saved is None:
+        t0 = begin("export")
+        _export(spec, source, current, changed, work_dir, result)
+        write_json_atomic(_marker(work_dir, "export"), {"seconds": time.monotonic() - t0})
+        result.timings["export"] = time.monotonic() - t0
+    result.output_kind = "model" if changed else "metrics"
+    return result.to_dict()
+
+
+def _check_finetune_early(spec: JobSpec, num_layers: int) -> None:
+    """Refuse an impossible fine-tune before spending hours on pruning."""
+    if spec.finetune is None or spec.finetune.method == "none":
+        return
+    import torch
+
+    from layerprune.core.finetune import check_finetune_spec
+    from layerprune.core.spec import resolve_layer_count
+
+    after = num_layers
+    if spec.prune is not None:
+        after = num_layers - resolve_layer_count(spec.prune, num_layers)
+    check_finetune_spec(spec.finetune, after, cuda_available=torch.cuda.is_available())
+
+
+def _run_prune(spec: JobSpec, model_dir: Path, work_dir: Path, hooks: Hooks) -> dict[str, Any]:
+    from layerprune.core.prune import prune_model
+
+    assert spec.prune is not None
+    out_dir = work_dir / "prune"
+    shutil.rmtree(out_dir, ignore_errors=True)  # a half-written output of a killed attempt
+    heal_round = None
+    if spec.prune.heal_between_rounds and spec.finetune is not None and spec.finetune.method != "none":
+        heal_round = _heal_round_fn(spec, work_dir, hooks)
+    res = prune_model(model_dir, spec.prune, out_dir, hooks, heal_round=heal_round)
+    return dict(res.to_dict())
+
+
+def _heal_round_fn(spec: JobSpec, work_dir: Path, hooks: Hooks) -> Callable[..., Any]:
+    """Healing between rounds of iterative pruning: the job's finetune spec on the round's model."""
+    from layerprune.core.finetune import finetune_model
+
+    assert spec.finetune is not None
+    counter = {"round": 0}
+
+    def heal_round(model_dir: Path, out_dir: Path | None = None, *_: Any, **__: Any) -> Any:
+        counter["round"] += 1
+        n = counter["round"]
+        target = Path(out_dir) if out_dir is not None else work_dir / f"heal_round_{n}"
+        return finetune_model(Path(model_dir), spec.finetune, target, work_dir / f"heal_round_{n}_work", hooks)
+
+    return heal_round
+
+
+def _run_finetune(spec: JobSpec, model_dir: Path, work_dir: Path, hooks: Hooks) -> dict[str, Any]:
+    from layerprune.core.finetune import finetune_model
+
+    assert spec.finetune is not None
+    out_dir = work_dir / "finetune"
+    # finetune_work/ keeps its checkpoints across attempts: training resumes from the last one.
+    res = finetune_model(model_dir, spec.finetune, out_dir, work_dir / "finetune_work", hooks)
+    return dict(res.to_dict())
+
+
+def _run_evaluate(spec: JobSpec, base_dir: Path, model_dir: Path, changed: bool, work_dir: Path,
+                  hooks: Hooks) -> dict[str, Any]:
+    from layerprune.core.evaluate import compare_results, evaluate_model
+
+    assert spec.evaluate is not None
+    before = None
+    if changed and spec.evaluate.compare_base:
+        # The base evaluation is its own resumable step: it can take as long as the second one.
+        base_marker = work_dir / "evaluate_base.json"
+        if base_marker.is_file():
+            before = json.loads(base_marker.read_text(encoding="utf-8"))
+        else:
+            hooks.info("evaluating the input model for comparison")
+            before = evaluate_model(base_dir, spec.evaluate, hooks)
+            write_json_atomic(base_marker, before)
+    hooks.check()
+    after = evaluate_model(model_dir, spec.evaluate, hooks)
+    deltas = compare_results(before, after) if before is not None else None
+    return {"before": before, "after": after, "deltas": deltas}
+
+
+def _export(spec: JobSpec, source: Any, model_dir: Path, changed: bool, work_dir: Path,
+            result: PipelineResult) -> None:
+    from layerprune.core.export import write_model_card_and_record
+
+    out = work_dir / OUTPUT_DIR
+    if changed:
+        _copy_model_dir(model_dir, out)
+    else:
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        write_json_atomic(out / "metrics.json", result.metrics)
+    record = {
+        "spec": spec.model_dump(mode="json", exclude={"webhook"}),
+        "base_model": {"ref": spec.model, "revision": spec.revision, **_source_info(source)},
+        "result": {k: v for k, v in result.to_dict().items() if k != "timings"},
+        "output_kind": "model" if changed else "metrics",
+    }
+    if changed:
+        write_model_card_and_record(out, record)
+    else:
+        write_json_atomic(out / "layerprune.json", record)
+
+
+def _source_info(source: Any) -> dict[str, Any]:
+    """The JSON-safe facts a ModelSource carries (license, kind, resolved revision…)."""
+    info: dict[str, Any] = {}
+    for key in ("kind", "license", "revision", "commit", "name"):
+        value = getattr(source, key, None)
+        if value is not None and isinstance(value, str | int | float | bool):
+            info[key] = value
+    return info
