@@ -163,7 +163,7 @@ def dispatch_pending(
     from layerprune.db.queue import mark_dispatched, pending_dispatch
 
     if redispatch_after_s is None:
-        redispatch_after_s = float(getattr(get_settings(), "redispatch_after_seconds", 300.0))
+        redispatch_after_s = get_settings().redispatch_after_seconds
     sent = 0
     with _session(session_factory) as session:
         candidates = pending_dispatch(session, limit, redispatch_after_s=redispatch_after_s)
