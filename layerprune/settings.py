@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     cors_origins: str = ""
     log_json: bool = True
     log_level: str = "INFO"
+    auto_migrate: bool = True  # apply migrations when the API starts (LAYERPRUNE_AUTO_MIGRATE=0 to skip)
 
     @field_validator("data_dir", mode="after")
     @classmethod
