@@ -1,0 +1,94 @@
+"""CLI commands that run on the server side: ``serve``, ``worker``, ``migrate``, ``keys create``.
+
+They read the configuration from ``LAYERPRUNE_*`` like the service does, and import the service's
+modules only when called, so ``layerprune --help`` and the client commands stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from layerprune.cli import EXIT_FAILED, EXIT_OK
+
+APP = "layerprune.api.app:app"
+
+
+def migrate() -> None:
+    from layerprune.db.migrate import upgrade_to_head
+    from layerprune.settings import get_settings
+
+    upgrade_to_head(get_settings().effective_database_url)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from layerprune.settings import get_settings
+
+    settings = get_settings()
+    if not args.no_migrate:
+        migrate()
+    level = (args.log_level or settings.log_level).lower()
+    # One process: the app's background sweeps (outbox, reaper) expect one API per database
+    # connection pool; scale out with more replicas behind a load balancer instead.
+    uvicorn.run(APP, host=args.host, port=args.port, log_level=level, proxy_headers=True, access_log=False)
+    return EXIT_OK
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    if args.queues:
+        # The worker reads its queues from the settings; the flag is the same knob.
+        os.environ["LAYERPRUNE_WORKER_QUEUES"] = args.queues
+        from layerprune.settings import reset_settings_cache
+
+        reset_settings_cache()
+    from layerprune.worker import main as worker_main
+
+    extra = [a for a in (args.extra or []) if a != "--"]
+    result = worker_main(extra)
+    return int(result or 0)
+
+
+def cmd_migrate(_: argparse.Namespace) -> int:
+    from layerprune.db.migrate import current_revision
+    from layerprune.db.session import database_url
+
+    migrate()
+    print(f"database at revision {current_revision()} ({_redact(database_url())})")
+    return EXIT_OK
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from layerprune.db.keys import add_key
+    from layerprune.db.session import session_scope
+
+    migrate()
+    with session_scope() as session:
+        key = add_key(session, args.tenant, name=args.name)
+    # Printed once: only its hash is stored, so it cannot be shown again.
+    print(key)
+    print(
+        f"created an API key for tenant {args.tenant!r}; store it now, it is not shown again", file=sys.stderr
+    )
+    return EXIT_OK
+
+
+def _redact(url: str) -> str:
+    # postgresql+psycopg://user:secret@host/db → postgresql+psycopg://user:***@host/db
+    head, sep, tail = url.partition("@")
+    if not sep or "://" not in head:
+        return url
+    scheme, _, cred = head.partition("://")
+    user = cred.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{tail}"
+
+
+def run(args: argparse.Namespace) -> int:
+    commands = {"serve": cmd_serve, "worker": cmd_worker, "migrate": cmd_migrate, "keys": cmd_keys}
+    try:
+        return commands[args.command](args)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED

@@ -1,0 +1,118 @@
+"""A live progress line drawn from a job's events.
+
+On a terminal one line is redrawn in place (``\\r``) and other events print above it; in a log
+file (not a TTY) a progress line is printed at most every ``log_every`` seconds, so CI logs stay
+readable. Events are whatever the worker sends: the view reads ``progress``, ``stage``, ``step``,
+``total_steps``, ``loss``, ``tokens_per_s`` and ``eta_s`` from ``data`` (or the event itself)
+where present and ignores what it does not know.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from layerprune.cli.render import human_count, human_duration
+from layerprune.client import Event, Job
+
+_WIDTH = 28
+
+
+def _num(value: Any) -> float | None:
+    try:
+        return None if value is None or isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+class ProgressView:
+    def __init__(
+        self, out: TextIO | None = None, *, tty: bool | None = None, log_every: float = 10.0
+    ) -> None:
+        self.out = out or sys.stdout
+        self.tty = self.out.isatty() if tty is None else tty
+        self.log_every = log_every
+        self.stage: str | None = None
+        self.status: str | None = None
+        self.progress = 0.0
+        self.details: dict[str, float] = {}
+        self._drawn = False
+        self._last_log = 0.0
+        self._started = time.monotonic()
+
+    # ----------------------------------------------------------------- input
+
+    def on_job(self, job: Job) -> None:
+        """Take status, stage and overall progress from a polled job object."""
+        changed = job.stage != self.stage or job.status != self.status
+        self.status, self.stage = job.status, job.stage or self.stage
+        self.progress = max(self.progress, float(job.progress or 0.0))
+        if changed:
+            self._print(f"{job.status}" + (f" · stage {job.stage}" if job.stage else ""))
+        self._draw()
+
+    def on_event(self, event: Event) -> None:
+        data = {**{k: v for k, v in event.raw.items() if k not in ("data", "message")}, **event.data}
+        progress = _num(data.get("progress"))
+        if progress is not None:
+            self.progress = max(0.0, min(1.0, progress if progress <= 1.0 else progress / 100.0))
+        stage = data.get("stage")
+        if isinstance(stage, str) and stage != self.stage:
+            self.stage = stage
+            self.details = {}
+        status = data.get("status")
+        if isinstance(status, str):
+            self.status = status
+        for key in ("step", "total_steps", "loss", "tokens_per_s", "eta_s", "epoch"):
+            value = _num(data.get(key))
+            if value is not None:
+                self.details[key] = value
+        is_progress = event.type == "progress" or (event.type.endswith(".progress"))
+        if not is_progress and (event.message or event.type):
+            level = "" if event.level in ("info", "") else f"{event.level.upper()}: "
+            self._print(f"{level}{event.message or event.type}")
+        self._draw()
+
+    # ----------------------------------------------------------------- output
+
+    def line(self) -> str:
+        filled = int(round(self.progress * _WIDTH))
+        bar = "#" * filled + "." * (_WIDTH - filled)
+        parts = [f"{(self.stage or self.status or 'queued'):<9}", f"[{bar}]", f"{100 * self.progress:3.0f}%"]
+        d = self.details
+        if "step" in d:
+            total = f"/{d['total_steps']:.0f}" if "total_steps" in d else ""
+            parts.append(f"step {d['step']:.0f}{total}")
+        if "loss" in d:
+            parts.append(f"loss {d['loss']:.3f}")
+        if "tokens_per_s" in d:
+            parts.append(f"{human_count(d['tokens_per_s'])} tok/s")
+        if "eta_s" in d:
+            parts.append(f"ETA {human_duration(d['eta_s'])}")
+        parts.append(f"[{human_duration(time.monotonic() - self._started)}]")
+        return "  ".join(parts)
+
+    def _print(self, text: str) -> None:
+        if self.tty and self._drawn:
+            self.out.write("\r\x1b[2K")
+            self._drawn = False
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def _draw(self) -> None:
+        now = time.monotonic()
+        if self.tty:
+            self.out.write("\r\x1b[2K" + self.line())
+            self._drawn = True
+            self.out.flush()
+        elif now - self._last_log >= self.log_every:
+            self._last_log = now
+            self.out.write(self.line() + "\n")
+            self.out.flush()
+
+    def close(self) -> None:
+        if self.tty and self._drawn:
+            self.out.write("\n")
+            self.out.flush()
+            self._drawn = False

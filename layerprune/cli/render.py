@@ -1,0 +1,224 @@
+"""Text the CLI prints: job tables, the before/after summary of a finished job, sizes and durations.
+
+Pure functions of plain dicts, so they are tested on recorded results without a server.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+BEFORE_KEYS = ("before", "base", "baseline", "original")
+AFTER_KEYS = ("after", "result", "pruned", "final")
+# Leaves of a metrics tree that are bookkeeping, not scores worth a row of the summary.
+_SKIP_PARTS = (
+    "stderr",
+    "delta",
+    "diff",
+    "change",
+    "seconds",
+    "time",
+    "count",
+    "samples",
+    "windows",
+    "tokens",
+)
+_SKIP_EXACT = ("n", "num_examples", "limit", "seq_len", "num_docs")
+
+
+def human_count(n: float | int | None) -> str:
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.1f}{unit}"
+    return f"{n:.0f}"
+
+
+def human_bytes(n: float | int | None) -> str:
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return "-"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], align: str | None = None) -> str:
+    """A plain aligned text table; ``align`` has one 'l' or 'r' per column (default: all left)."""
+    body = [["" if c is None else str(c) for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in body:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    align = align or "l" * len(headers)
+
+    def fmt(cells: Sequence[str]) -> str:
+        out = []
+        for i, cell in enumerate(cells):
+            out.append(cell.rjust(widths[i]) if align[i] == "r" else cell.ljust(widths[i]))
+        return "  ".join(out).rstrip()
+
+    lines = [fmt(list(headers)), fmt(["-" * w for w in widths])]
+    lines.extend(fmt(row) for row in body)
+    return "\n".join(lines)
+
+
+def jobs_table(jobs: Iterable[Mapping[str, Any]]) -> str:
+    rows = []
+    for job in jobs:
+        meta = ",".join(f"{k}={v}" for k, v in (job.get("metadata") or {}).items())
+        progress = job.get("progress") or 0.0
+        rows.append(
+            [
+                job.get("id"),
+                job.get("status"),
+                job.get("stage") or "-",
+                f"{100 * float(progress):.0f}%",
+                job.get("created_at") or "-",
+                meta or "-",
+            ]
+        )
+    return table(["ID", "STATUS", "STAGE", "PROGRESS", "CREATED", "METADATA"], rows, "lllrll")
+
+
+# --------------------------------------------------------------------------- the before/after summary
+
+
+def _leaves(tree: Any, path: tuple[str, ...] = ()) -> Iterable[tuple[tuple[str, ...], float]]:
+    if isinstance(tree, Mapping):
+        for key, value in tree.items():
+            yield from _leaves(value, (*path, str(key)))
+    elif isinstance(tree, bool):
+        return
+    elif isinstance(tree, int | float) and math.isfinite(float(tree)):
+        yield path, float(tree)
+
+
+def _side_of(path: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """Split a leaf's path into its side ('before'/'after') and the metric's own path."""
+    for i, part in enumerate(path):
+        low = part.lower()
+        if low in BEFORE_KEYS:
+            return "before", path[:i] + path[i + 1 :]
+        if low in AFTER_KEYS:
+            return "after", path[:i] + path[i + 1 :]
+    return "after", path  # an unlabelled score is the result's
+
+
+def _is_score(path: tuple[str, ...]) -> bool:
+    if not path:
+        return False
+    for part in path:
+        low = part.lower()
+        if low in _SKIP_EXACT or any(s in low for s in _SKIP_PARTS):
+            return False
+    return True
+
+
+def _metric_name(path: tuple[str, ...]) -> str:
+    parts = [p for p in path if p.lower() not in ("tasks", "metrics", "scores", "value")]
+    # {"perplexity": {"perplexity": 20.1}} reads as plain "perplexity".
+    deduped: list[str] = []
+    for part in parts:
+        if not deduped or deduped[-1] != part:
+            deduped.append(part)
+    return " ".join(deduped) or "value"
+
+
+def metric_pairs(metrics: Mapping[str, Any] | None) -> dict[str, tuple[float | None, float | None]]:
+    """``{metric name: (before, after)}`` from a result's ``metrics``, whatever its nesting.
+
+    Accepts ``{"before": {...}, "after": {...}}`` as well as ``{"perplexity": {"before": x,
+    "after": y}}``; stderr, deltas and counts are left out. Perplexity comes first.
+    """
+    pairs: dict[str, list[float | None]] = {}
+    for path, value in _leaves(metrics or {}):
+        side, own = _side_of(path)
+        if not _is_score(own):
+            continue
+        name = _metric_name(own)
+        slot = pairs.setdefault(name, [None, None])
+        slot[0 if side == "before" else 1] = value
+
+    def order(name: str) -> tuple[int, str]:
+        return (0 if "perplexity" in name or name.startswith("ppl") else 1, name)
+
+    return {name: (pairs[name][0], pairs[name][1]) for name in sorted(pairs, key=order)}
+
+
+def _find_pair(result: Mapping[str, Any], stems: Sequence[str]) -> tuple[Any, Any]:
+    for stem in stems:
+        before = result.get(f"{stem}_before")
+        after = result.get(f"{stem}_after")
+        if before is not None or after is not None:
+            return before, after
+        nested = result.get(stem)
+        if isinstance(nested, Mapping):
+            return nested.get("before"), nested.get("after")
+    return None, None
+
+
+def _fmt_score(name: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if "perplexity" in name or name.startswith("ppl") or abs(value) >= 10:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def _change(name: str, before: float | None, after: float | None, *, relative: bool) -> str:
+    if before is None or after is None:
+        return ""
+    if relative:
+        return f"{100 * (after - before) / before:+.1f}%" if before else ""
+    if "perplexity" in name or name.startswith("ppl"):
+        return f"{100 * (after - before) / before:+.1f}%" if before else ""
+    return f"{after - before:+.3f}"
+
+
+def summary_table(result: Mapping[str, Any], artifacts: Sequence[Mapping[str, Any]] = ()) -> str:
+    """The before/after table of a finished job: layers, parameters, size, perplexity, accuracy."""
+    rows: list[list[str]] = []
+    lb, la = _find_pair(result, ("num_layers", "layers"))
+    rows.append(
+        [
+            "layers",
+            str(lb) if lb is not None else "-",
+            str(la) if la is not None else "-",
+            f"{la - lb:+d}" if isinstance(lb, int) and isinstance(la, int) else "",
+        ]
+    )
+    pb, pa = _find_pair(result, ("params", "num_params", "parameters"))
+    rows.append(["parameters", human_count(pb), human_count(pa), _change("", pb, pa, relative=True)])
+    sb, sa = _find_pair(result, ("size_bytes", "model_size_bytes", "size", "disk_bytes"))
+    if sa is None and artifacts:
+        weights = [a for a in artifacts if str(a.get("path", "")).endswith(".safetensors")]
+        sa = sum(int(a.get("size_bytes") or 0) for a in weights) or None
+    rows.append(["size on disk", human_bytes(sb), human_bytes(sa), _change("", sb, sa, relative=True)])
+    for name, (before, after) in metric_pairs(result.get("metrics")).items():
+        rows.append(
+            [
+                name,
+                _fmt_score(name, before),
+                _fmt_score(name, after),
+                _change(name, before, after, relative=False),
+            ]
+        )
+    text = table(["", "before", "after", "change"], rows, "lrrr")
+    removed = result.get("removed_layers")
+    if removed:
+        text += "\nremoved layers (original numbering): " + ", ".join(str(i) for i in removed)
+    return text
