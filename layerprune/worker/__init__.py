@@ -1,0 +1,40 @@
+"""The worker process: a Celery worker that runs one job at a time, plus the sweeper thread.
+
+``main(argv)`` is what ``layerprune worker`` calls. It brings the database to the newest schema
+if needed, starts the sweeper (outbox dispatch and reaper) and then a Celery worker consuming
+``settings.queues`` with one prefork child, recycled after every job (a fresh process per job:
+no memory or CUDA state leaks from one job into the next). Extra ``argv`` items are passed to
+Celery's ``worker`` command (``--loglevel``, ``-n``…).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Sequence
+
+
+def worker_argv(queues: Sequence[str], loglevel: str = "INFO", extra: Sequence[str] = ()) -> list[str]:
+    name = f"layerprune-{os.getpid()}@{socket.gethostname()}"
+    return ["worker", "-Q", ",".join(queues), "-c", "1", "-P", "prefork", "--loglevel", loglevel,
+            "-n", name, "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "--max-tasks-per-child", "1", *extra]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from layerprune.db.migrate import is_at_head, upgrade_to_head
+    from layerprune.dispatch import configure
+    from layerprune.settings import get_settings
+    from layerprune.worker.app import app
+    from layerprune.worker.sweeper import start_sweeper
+
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
+    if not is_at_head():
+        upgrade_to_head()
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    configure(settings)
+    start_sweeper(settings=settings)
+    app.worker_main(worker_argv(settings.queues, settings.log_level.upper(), list(argv or [])))

@@ -1,0 +1,5 @@
+import sys
+
+from layerprune.worker import main
+
+main(sys.argv[1:])

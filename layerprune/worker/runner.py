@@ -1,0 +1,210 @@
+"""One attempt at one job: claim → heartbeat → pipeline → publish → exactly one terminal state.
+
+- claim: an atomic UPDATE (``db.queue.claim_job``); a message for a job that another worker
+  holds, or that already ended, is dropped here — that is what makes duplicate messages harmless;
+- heartbeat: a thread extends the lease and turns a cancel request into the stop flag that core
+  checks between units of work;
+- pipeline: ``core.pipeline.run_pipeline`` in ``settings.work_dir / job_id``, which survives a
+  retry (finished stages are skipped, healing resumes from its checkpoint);
+- publish: the output directory is copied, hashed and fsynced into the artifact store first,
+  then the artifact rows and ``succeeded`` commit in one transaction. If that commit is refused
+  (cancelled meanwhile) the published copy is deleted: a failed or cancelled job exposes nothing.
+
+Outcomes: typed core errors → failed {code, message}; Cancelled → cancelled; anything else →
+failed ``internal_error`` with the traceback in a log event.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from layerprune.core.errors import Cancelled, DatasetError, LayerPruneError, ModelSourceError
+from layerprune.core.pipeline import run_pipeline, stages_of
+from layerprune.core.spec import JobSpec
+from layerprune.db.models import File, Job
+from layerprune.db.queue import add_job_event, cancel_finish, claim_job, fail_job, finish_job
+from layerprune.settings import Settings, get_settings
+from layerprune.storage import ArtifactStore, get_store
+from layerprune.worker.heartbeat import Heartbeat
+from layerprune.worker.hooks import JobReporter
+
+log = logging.getLogger(__name__)
+
+FINAL_WRITE_PATIENCE_S = 600.0  # how long a terminal write waits for an unreachable database
+
+
+def make_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def _retrying(fn: Callable[[], Any], what: str, patience: float = FINAL_WRITE_PATIENCE_S) -> Any:
+    """Run a terminal database write, retrying while the database is unreachable."""
+    deadline = time.monotonic() + patience
+    delay = 0.5
+    while True:
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - OperationalError and friends while restarting
+            if time.monotonic() > deadline:
+                raise
+            log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def _dataset_refs(spec: JobSpec) -> list[tuple[str, str]]:
+    """(ref, spec param) of every data set the spec names."""
+    refs: list[tuple[str, str]] = []
+    if spec.prune is not None:
+        refs.append((spec.prune.calibration.dataset, "prune.calibration.dataset"))
+    if spec.finetune is not None:
+        refs.append((spec.finetune.dataset, "finetune.dataset"))
+    if spec.evaluate is not None and spec.evaluate.perplexity is not None:
+        refs.append((spec.evaluate.perplexity.dataset, "evaluate.perplexity.dataset"))
+    return refs
+
+
+def resolve_files(session: Any, tenant: str, spec: JobSpec) -> dict[str, Path]:
+    """Map the spec's uploaded-file refs ("file_…") to their stored paths (same tenant only)."""
+    out: dict[str, Path] = {}
+    for ref, param in _dataset_refs(spec):
+        if not ref.startswith("file_") or ref in out:
+            continue
+        row = session.execute(
+            select(File.storage_path).where(File.id == ref, File.tenant == tenant, File.deleted_at.is_(None))
+        ).first()
+        if row is None or not Path(row.storage_path).is_file():
+            raise DatasetError(f"file '{ref}' not found", param=param)
+        out[ref] = Path(row.storage_path)
+    return out
+
+
+def resolve_job_model(session: Any, tenant: str, ref: str, store: ArtifactStore) -> Path:
+    """``job:<id>`` → the published output directory of that succeeded job of the same tenant."""
+    other_id = ref.removeprefix("job:")
+    row = session.execute(select(Job.status, Job.result).where(Job.id == other_id, Job.tenant == tenant)).first()
+    if row is None:
+        raise ModelSourceError(f"job '{other_id}' not found", param="model")
+    if row.status != "succeeded" or (row.result or {}).get("output_kind", "model") != "model":
+        raise ModelSourceError(f"job '{other_id}' has no output model (status {row.status})", param="model")
+    path = store.local_path(f"{tenant}/{other_id}")
+    if path is None or not path.is_dir():
+        raise ModelSourceError(f"the output of job '{other_id}' is not available on this worker", param="model")
+    return path
+
+
+def _resolve_source(spec: JobSpec, model_path: Path | None, settings: Settings, job_dir: Path) -> Any:
+    from layerprune.core.sources import resolve_model
+
+    roots = list(settings.model_root_paths)
+    ref = spec.model
+    if model_path is not None:
+        ref = str(model_path)
+        roots.append(model_path.parent)
+    return resolve_model(ref, spec.revision, model_roots=roots, job_dir=job_dir)
+
+
+def run_job(job_id: str, *, settings: Settings | None = None, session_factory: Callable[[], Any] | None = None,
+            store: ArtifactStore | None = None, worker_id: str | None = None) -> str | None:
+    """Run one attempt of ``job_id``; returns the terminal status reached, or None if not claimed."""
+    settings = settings or get_settings()
+    if session_factory is None:
+        from layerprune.db.session import session_factory as default_factory
+
+        session_factory = default_factory()
+    store = store or get_store(settings)
+    worker_id = worker_id or make_worker_id()
+
+    with session_factory() as s:
+        job = claim_job(s, job_id, worker_id, settings.lease_seconds)
+        if job is None:
+            log.info("job %s: not claimable (taken, finished or unknown); message dropped", job_id)
+            return None
+        tenant, raw_spec, attempt = job.tenant, dict(job.spec), job.attempts
+
+    stop = threading.Event()
+    beat = Heartbeat(session_factory, job_id, worker_id, lease_s=settings.lease_seconds,
+                     interval=settings.heartbeat_seconds, poll=min(1.0, settings.heartbeat_seconds), stop=stop)
+    beat.start()
+    work_dir = settings.work_dir / job_id
+    prefix = f"{tenant}/{job_id}"
+    try:
+        status = _attempt(job_id, worker_id, tenant, raw_spec, attempt, settings, session_factory, store,
+                          stop, work_dir, prefix)
+    finally:
+        beat.close()
+    if status in ("failed", "cancelled"):
+        # This worker ended the job without success: no published copy may remain. (A worker
+        # whose job was taken away deletes nothing: the files may be the new owner's.)
+        store.delete_prefix(prefix)
+    if status in ("succeeded", "failed", "cancelled"):
+        # Scratch space only matters for a retry; a terminal job never retries.
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return status
+
+
+def _attempt(job_id: str, worker_id: str, tenant: str, raw_spec: dict[str, Any], attempt: int,
+             settings: Settings, sf: Callable[[], Any], store: ArtifactStore, stop: threading.Event,
+             work_dir: Path, prefix: str) -> str | None:
+    def terminal(fn: Callable[..., bool], *args: Any) -> bool:
+        def call() -> bool:
+            with sf() as s:
+                return fn(s, job_id, worker_id, *args)
+
+        return bool(_retrying(call, f"job {job_id}: {fn.__name__}"))
+
+    def fail(code: str, message: str, data: dict[str, Any] | None = None) -> str | None:
+        if terminal(fail_job, code, message, data):
+            return "failed"
+        # Not this worker's running job any more: cancelling (→ cancelled) or taken away.
+        return "cancelled" if terminal(cancel_finish) else None
+
+    try:
+        spec = JobSpec.model_validate(raw_spec)
+        reporter = JobReporter(sf, job_id, worker_id, stages_of(spec), stop,
+                               interval=settings.progress_event_interval_seconds)
+        hooks = reporter.hooks()
+        if attempt > 1:
+            hooks.info(f"attempt {attempt}: resuming from the stages finished before")
+        with sf() as s:
+            dataset_paths = resolve_files(s, tenant, spec)
+            model_path = resolve_job_model(s, tenant, spec.model, store) if spec.model.startswith("job:") else None
+        hooks.check()
+        source = _resolve_source(spec, model_path, settings, work_dir / "source")
+        result = run_pipeline(spec, source, work_dir, hooks, dataset_paths=dataset_paths, on_stage=reporter.on_stage)
+        hooks.check()
+        stored = store.put_dir(work_dir / "output", prefix)
+        result["artifacts"] = [{"path": f["path"], "size_bytes": f["size_bytes"], "sha256": f["sha256"]}
+                               for f in stored]
+        if terminal(finish_job, result, stored):
+            return "succeeded"
+        return "cancelled" if terminal(cancel_finish) else None
+    except Cancelled:
+        return "cancelled" if terminal(cancel_finish) else None
+    except LayerPruneError as exc:
+        log.info("job %s failed: %s (%s)", job_id, exc.message, exc.code)
+        return fail(exc.code, exc.message, {"param": exc.param} if exc.param else None)
+    except Exception as exc:  # noqa: BLE001 - the job must still end in one terminal state
+        if type(exc).__name__ == "SoftTimeLimitExceeded":
+            return fail("time_limit_exceeded", f"the job ran past the time limit of {settings.task_soft_time_limit}s")
+        tb = traceback.format_exc()
+        log.error("job %s crashed:\n%s", job_id, tb)
+        try:
+            with sf() as s:
+                add_job_event(s, job_id, "log", "internal error", level="error",
+                              data={"traceback": tb[-8000:]})
+        except Exception:  # noqa: BLE001
+            log.warning("job %s: could not record the traceback", job_id)
+        return fail("internal_error", f"internal error: {type(exc).__name__}: {exc}"[:2000])
