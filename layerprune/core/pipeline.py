@@ -303,8 +303,16 @@ def _export(spec: JobSpec, source: Any, model_dir: Path, changed: bool, work_dir
         write_json_atomic(out / "metrics.json", result.metrics)
     record = {
         "spec": spec.model_dump(mode="json", exclude={"webhook"}),
-        "base_model": {"ref": spec.model, "revision": spec.revision, **_source_info(source)},
-        "result": {k: v for k, v in result.to_dict().items() if k != "timings"},
+        "base_model": _source_info(source),
+        "prune": result.prune,
+        "finetune": result.finetune,
+        "metrics": result.metrics,
+        "num_layers_before": result.num_layers_before,
+        "num_layers_after": result.num_layers_after,
+        "params_before": result.params_before,
+        "params_after": result.params_after,
+        "timings": result.timings,
+        "license": (_source_info(source).get("license")),
         "output_kind": "model" if changed else "metrics",
     }
     if changed:
@@ -314,10 +322,9 @@ def _export(spec: JobSpec, source: Any, model_dir: Path, changed: bool, work_dir
 
 
 def _source_info(source: Any) -> dict[str, Any]:
-    """The JSON-safe facts a ModelSource carries (license, kind, resolved revision…)."""
-    info: dict[str, Any] = {}
-    for key in ("kind", "license", "revision", "commit", "name"):
-        value = getattr(source, key, None)
-        if value is not None and isinstance(value, str | int | float | bool):
-            info[key] = value
-    return info
+    """The base model's provenance (ref, revision, kind, license, file hashes) as JSON."""
+    if hasattr(source, "to_dict"):
+        info = dict(source.to_dict())
+        info.pop("local_dir", None)  # a path on the worker means nothing to the reader
+        return info
+    return {"ref": str(getattr(source, "ref", "")), "local_dir": None}

@@ -41,6 +41,15 @@ def _event(session: Session, job_id: str, type_: str, message: str, *, level: st
     add_event(session, job_id, type_, message, level=level, data=data or {})
 
 
+def _terminal(session: Session, job_id: str, status: str, message: str, *, level: str = "info",
+              data: dict[str, Any] | None = None) -> None:
+    """What every terminal transition writes with it: the state event and the webhook delivery row."""
+    from layerprune.webhooks import enqueue_delivery
+
+    _event(session, job_id, "state", message, level=level, data={"status": status, **(data or {})})
+    enqueue_delivery(session, job_id, status)
+
+
 def claim_job(session: Session, job_id: str, worker_id: str, lease_s: float) -> Job | None:
     """Take ``job_id`` for ``worker_id``; None when someone else has it (or it is not runnable).
 
@@ -147,7 +156,7 @@ def finish_job(session: Session, job_id: str, worker_id: str, result: dict[str, 
     total = sum(int(a["size_bytes"]) for a in artifacts)
     _event(session, job_id, "artifact", f"{len(artifacts)} files published",
            data={"count": len(artifacts), "size_bytes": total})
-    _event(session, job_id, "state", "succeeded", data={"status": "succeeded"})
+    _terminal(session, job_id, "succeeded", "succeeded")
     session.commit()
     return True
 
@@ -163,8 +172,7 @@ def fail_job(session: Session, job_id: str, worker_id: str, code: str, message: 
     if not ok:
         session.rollback()
         return False
-    _event(session, job_id, "state", f"failed: {message}", level="error",
-           data={"status": "failed", "error": error, **(data or {})})
+    _terminal(session, job_id, "failed", f"failed: {message}", level="error", data={"error": error, **(data or {})})
     session.commit()
     return True
 
@@ -178,7 +186,7 @@ def cancel_finish(session: Session, job_id: str, worker_id: str) -> bool:
     if not ok:
         session.rollback()
         return False
-    _event(session, job_id, "state", "cancelled", data={"status": "cancelled"})
+    _terminal(session, job_id, "cancelled", "cancelled")
     session.commit()
     return True
 
@@ -221,7 +229,10 @@ def reap_expired(session: Session, now: datetime | None = None) -> list[str]:
         if session.execute(base.values(**values).returning(Job.id)).first() is None:
             session.rollback()
             continue
-        _event(session, row.id, ev[0], ev[1], level=ev[2], data=ev[3])
+        if values["status"] == "queued":
+            _event(session, row.id, ev[0], ev[1], level=ev[2], data=ev[3])
+        else:
+            _terminal(session, row.id, values["status"], ev[1], level=ev[2], data=ev[3])
         session.commit()
         changed.append(row.id)
     return changed

@@ -22,6 +22,18 @@ def worker_argv(queues: Sequence[str], loglevel: str = "INFO", extra: Sequence[s
             "--max-tasks-per-child", "1", *extra]
 
 
+def _preload() -> None:
+    """Import the heavy libraries once in the parent: each job's forked child then starts at once.
+
+    Importing torch does not initialise CUDA, so forking afterwards stays safe on GPU nodes.
+    """
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    import layerprune.core.pipeline  # noqa: F401
+    import layerprune.worker.runner  # noqa: F401
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     from layerprune.db.migrate import is_at_head, upgrade_to_head
     from layerprune.dispatch import configure
@@ -36,5 +48,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         upgrade_to_head()
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     configure(settings)
+    from layerprune.db.session import session_factory
+    from layerprune.webhooks import WebhookSender
+
     start_sweeper(settings=settings)
+    WebhookSender(session_factory(), settings=settings).start()
+    _preload()
     app.worker_main(worker_argv(settings.queues, settings.log_level.upper(), list(argv or [])))

@@ -105,15 +105,16 @@ def resolve_job_model(session: Any, tenant: str, ref: str, store: ArtifactStore)
     return path
 
 
-def _resolve_source(spec: JobSpec, model_path: Path | None, settings: Settings, job_dir: Path) -> Any:
+def _resolve_source(spec: JobSpec, model_path: Path | None, settings: Settings) -> Any:
     from layerprune.core.sources import resolve_model
 
-    roots = list(settings.model_root_paths)
-    ref = spec.model
-    if model_path is not None:
-        ref = str(model_path)
-        roots.append(model_path.parent)
-    return resolve_model(ref, spec.revision, model_roots=roots, job_dir=job_dir)
+    def job_dir(_other_id: str) -> Path:
+        # resolve_job_model already checked tenant, status and presence of that job's output.
+        if model_path is None:
+            raise ModelSourceError("job outputs can only be used inside the service", param="model")
+        return model_path
+
+    return resolve_model(spec.model, spec.revision, model_roots=settings.model_root_paths, job_dir=job_dir)
 
 
 def run_job(job_id: str, *, settings: Settings | None = None, session_factory: Callable[[], Any] | None = None,
@@ -182,7 +183,7 @@ def _attempt(job_id: str, worker_id: str, tenant: str, raw_spec: dict[str, Any],
             dataset_paths = resolve_files(s, tenant, spec)
             model_path = resolve_job_model(s, tenant, spec.model, store) if spec.model.startswith("job:") else None
         hooks.check()
-        source = _resolve_source(spec, model_path, settings, work_dir / "source")
+        source = _resolve_source(spec, model_path, settings)
         result = run_pipeline(spec, source, work_dir, hooks, dataset_paths=dataset_paths, on_stage=reporter.on_stage)
         hooks.check()
         stored = store.put_dir(work_dir / "output", prefix)
