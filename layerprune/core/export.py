@@ -1,0 +1,146 @@
+"""Write the output model directory: weights, config, tokenizer, model card and provenance record.
+
+The directory is a plain Hugging Face model (safetensors only, sharded above ``max_shard_size``)
+plus ``layerprune.json`` (what was done, to what, with which data and library versions) and a
+``README.md`` model card whose YAML front matter carries the base model and its licence.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Mapping
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from layerprune.core.sources import sha256_file
+
+RECORD_NAME = "layerprune.json"
+CARD_NAME = "README.md"
+
+__all__ = ["sha256_file", "dir_manifest", "save_model_dir", "library_versions", "write_model_card_and_record",
+           "RECORD_NAME", "CARD_NAME"]
+
+
+def dir_manifest(out_dir: Path) -> list[dict[str, Any]]:
+    """``[{path, size_bytes, sha256}]`` of every file under ``out_dir`` (relative posix paths, sorted)."""
+    out_dir = Path(out_dir)
+    items = []
+    for path in sorted(out_dir.rglob("*")):
+        rel = path.relative_to(out_dir)
+        if path.is_file() and not any(part.startswith(".") for part in rel.parts):
+            items.append({"path": rel.as_posix(), "size_bytes": path.stat().st_size, "sha256": sha256_file(path)})
+    return items
+
+
+def save_model_dir(model: Any, tokenizer: Any, out_dir: Path, *, max_shard_size: str | int = "5GB") -> None:
+    """Save a model as safetensors with its config, generation config, tokenizer and chat template."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in list(out_dir.glob("*.safetensors")) + list(out_dir.glob("*.safetensors.index.json")):
+        stale.unlink()  # a smaller re-save must not leave shards of an earlier one behind
+    # transformers 5 writes safetensors only; the tensors are saved contiguous on CPU by it.
+    model.save_pretrained(out_dir, max_shard_size=max_shard_size)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("torch", "transformers", "safetensors", "accelerate", "peft", "layerprune"):
+        try:
+            out[dist] = importlib_metadata.version(dist)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _fmt(x: Any) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.6g}"
+    return str(x)
+
+
+def _front_matter(record: Mapping[str, Any]) -> str:
+    import yaml
+
+    base = record.get("base_model") or {}
+    meta: dict[str, Any] = {}
+    hub_id = base.get("ref") if base.get("kind") == "hub" else base.get("upstream") or None
+    if hub_id:
+        meta["base_model"] = hub_id
+    elif base.get("ref"):
+        meta["base_model"] = str(base["ref"])
+    if base.get("license"):
+        meta["license"] = base["license"]
+    meta["library_name"] = "transformers"
+    meta["pipeline_tag"] = "text-generation"
+    meta["tags"] = ["layerprune", "layer-pruning", "pruned"]
+    prune = record.get("prune") or {}
+    if prune.get("metric"):
+        meta["tags"].append(f"prune-{prune['metric']}")
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
+
+
+def _card_body(record: Mapping[str, Any]) -> str:
+    base = record.get("base_model") or {}
+    prune = record.get("prune") or {}
+    lines = [f"# Layer-pruned {base.get('ref', 'model')}", ""]
+    if prune:
+        removed = prune.get("removed_layers") or []
+        lines += [
+            f"Decoder layers removed with layerprune: {prune.get('num_layers_before')} → "
+            f"{prune.get('num_layers_after')} layers ({len(removed)} removed: {removed}, original numbering).",
+            "",
+            f"- Selection metric: `{prune.get('metric')}` (semantics: {prune.get('semantics', 'paper')})",
+            f"- Parameters: {_fmt(prune.get('params_before'))} before, {_fmt(prune.get('params_after'))} after",
+        ]
+        rounds = prune.get("rounds") or []
+        if len(rounds) > 1:
+            lines.append(f"- Iterative: {len(rounds)} rounds, "
+                         + "; ".join(f"round {r.get('round')}: {r.get('removed')}" for r in rounds))
+        cal = prune.get("calibration")
+        if cal:
+            lines.append(f"- Calibration: {cal.get('dataset')}, {cal.get('num_samples')} samples × "
+                         f"{cal.get('seq_len')} tokens, seed {cal.get('seed')} (token ids sha256 {cal.get('sha256')})")
+        why = {
+            "reverse_order": "the last layers are removed (Lu et al. 2024: reverse order is a strong, free baseline)",
+            "random": "layers drawn at random with the seed",
+            "manual": "layers named by the user",
+        }.get(str(prune.get("metric")), "the layers with the lowest importance scores are removed")
+        lines += [f"- Why: {why}", ""]
+        scores = prune.get("layer_scores") or []
+        if any(s is not None for s in scores):
+            removed_set = set(removed)
+            lines += ["| layer | score | removed |", "|---:|---:|:---:|"]
+            for i, s in enumerate(scores):
+                lines.append(f"| {i} | {_fmt(s)} | {'yes' if i in removed_set else ''} |")
+            lines.append("")
+    finetune = record.get("finetune")
+    if finetune:
+        lines += ["## Healing", "", "```json", json.dumps(finetune, indent=2, default=str)[:4000], "```", ""]
+    metrics = record.get("metrics")
+    if metrics:
+        lines += ["## Evaluation", "", "```json", json.dumps(metrics, indent=2, default=str)[:4000], "```", ""]
+    lines += ["## Provenance", "",
+              f"Base model `{base.get('ref')}` (revision {base.get('revision')}); sha256 of every input file, the "
+              f"spec, scores, calibration data and library versions are in `{RECORD_NAME}`.", ""]
+    return "\n".join(lines)
+
+
+def write_model_card_and_record(out_dir: Path, record: dict[str, Any]) -> None:
+    """Write ``layerprune.json`` (the record as given) and a ``README.md`` model card from it.
+
+    Expected keys (all optional): ``base_model`` {ref, revision, kind, license, files, upstream},
+    ``spec``, ``prune`` (a PruneResult dict), ``finetune``, ``metrics``, ``library_versions``,
+    ``seed``, ``timings``. ``library_versions`` is filled in when absent.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = dict(record)
+    record.setdefault("library_versions", library_versions())
+    (out_dir / RECORD_NAME).write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+    (out_dir / CARD_NAME).write_text(_front_matter(record) + "\n" + _card_body(record), encoding="utf-8")
