@@ -16,6 +16,7 @@ failed ``internal_error`` with the traceback in a log event.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -37,6 +38,7 @@ from layerprune.db.models import File, Job
 from layerprune.db.queue import add_job_event, cancel_finish, claim_job, fail_job, finish_job
 from layerprune.settings import Settings, get_settings
 from layerprune.storage import ArtifactStore, get_store
+from layerprune.storage_s3 import storage_failure
 from layerprune.worker.heartbeat import Heartbeat
 from layerprune.worker.hooks import JobReporter
 
@@ -186,7 +188,10 @@ def _attempt(job_id: str, worker_id: str, tenant: str, raw_spec: dict[str, Any],
         source = _resolve_source(spec, model_path, settings)
         result = run_pipeline(spec, source, work_dir, hooks, dataset_paths=dataset_paths, on_stage=reporter.on_stage)
         hooks.check()
-        stored = store.put_dir(work_dir / "output", prefix)
+        try:
+            stored = store.put_dir(work_dir / "output", prefix)
+        except OSError as exc:  # full disk / store unreachable: a clear code (disk_full, storage_error)
+            raise storage_failure(exc) from exc
         result["artifacts"] = [{"path": f["path"], "size_bytes": f["size_bytes"], "sha256": f["sha256"]}
                                for f in stored]
         if terminal(finish_job, result, stored):
@@ -198,6 +203,8 @@ def _attempt(job_id: str, worker_id: str, tenant: str, raw_spec: dict[str, Any],
         log.info("job %s failed: %s (%s)", job_id, exc.message, exc.code)
         return fail(exc.code, exc.message, {"param": exc.param} if exc.param else None)
     except Exception as exc:  # noqa: BLE001 - the job must still end in one terminal state
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return fail("disk_full", f"no space left on the worker's disk: {exc}")
         if type(exc).__name__ == "SoftTimeLimitExceeded":
             return fail("time_limit_exceeded", f"the job ran past the time limit of {settings.task_soft_time_limit}s")
         tb = traceback.format_exc()
