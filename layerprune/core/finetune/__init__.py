@@ -1,0 +1,166 @@
+"""Healing: fine-tune a pruned model (shared/METHODS.md §3).
+
+``finetune_model`` loads a Hugging Face directory, trains it per a :class:`FinetuneSpec`
+(``partial`` / ``lora`` / ``qlora`` / ``full``), checkpoints and resumes through ``work_dir``,
+and writes a plain Hugging Face directory (for LoRA/QLoRA the merged model, plus the adapter in
+``adapter/``). ``check_finetune_spec`` and ``load_examples`` let the API refuse bad jobs early.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from layerprune.core.errors import DatasetError, DeviceUnavailableError, SpecError
+from layerprune.core.finetune.data import validate_rows
+from layerprune.core.hooks import NO_HOOKS, Hooks
+from layerprune.core.spec import FinetuneSpec
+from layerprune.core.textdata import load_rows
+
+__all__ = ["FinetuneResult", "finetune_model", "check_finetune_spec", "load_examples"]
+
+
+@dataclass
+class FinetuneResult:
+    method: str
+    trainable_params: int
+    total_params: int
+    steps: int
+    epochs: float
+    final_loss: float
+    val_loss: float | None
+    tokens_per_s: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    resumed_from_step: int | None = None
+    num_layers: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_finetune_spec(spec: FinetuneSpec, num_layers: int, *, cuda_available: bool) -> None:
+    """Checks that need the model or the worker: raise typed errors naming the field."""
+    if spec.method == "none":
+        return
+    if spec.method == "partial" and spec.trainable_last_layers > num_layers:
+        raise SpecError(
+            f"trainable_last_layers {spec.trainable_last_layers} is more than the {num_layers} layers "
+            "that remain after pruning", param="finetune.trainable_last_layers")
+    if spec.method == "qlora":
+        if not cuda_available:
+            raise DeviceUnavailableError("method 'qlora' needs a CUDA GPU (4-bit bitsandbytes); none is available "
+                                         "here: use 'lora' or 'partial'", param="finetune.method")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise DeviceUnavailableError("method 'qlora' needs the bitsandbytes package on the worker",
+                                         param="finetune.method")
+    if not spec.dataset.strip():
+        raise SpecError("dataset must not be empty", param="finetune.dataset")
+
+
+def load_examples(spec: FinetuneSpec) -> list[dict[str, Any]]:
+    """The rows of ``spec.dataset``, validated for ``spec.format``."""
+    rows = load_rows(spec.dataset, param="finetune.dataset")
+    if not rows:
+        raise DatasetError(f"data set '{spec.dataset}' is empty", param="finetune.dataset")
+    return validate_rows(rows, spec.format)
+
+
+def _source_dtype(source_dir: Path):  # type: ignore[no-untyped-def]
+    import torch
+
+    cfg = json.loads((source_dir / "config.json").read_text())
+    name = cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
+    return getattr(torch, str(name).removeprefix("torch."), torch.float32)
+
+
+def _fingerprint(spec: FinetuneSpec, num_layers: int, num_train: int, trainable: list[str]) -> str:
+    # Everything that changes the training trajectory; checkpoint_every does not.
+    data = {"spec": spec.model_dump(mode="json", exclude={"checkpoint_every"}), "layers": num_layers,
+            "train": num_train, "trainable": trainable}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def finetune_model(source_dir: Path, spec: FinetuneSpec, out_dir: Path, work_dir: Path, hooks: Hooks = NO_HOOKS,
+                   *, device: Any = None) -> FinetuneResult:
+    """Heal the model at ``source_dir`` per ``spec`` and write it to ``out_dir``; see the module doc."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from layerprune.core.architecture import count_params, find_decoder_parts
+    from layerprune.core.device import pick_device, pick_dtype
+    from layerprune.core.finetune import lora, methods
+    from layerprune.core.finetune.data import split_validation, tokenize_examples
+    from layerprune.core.finetune.loop import train
+
+    source_dir, out_dir, work_dir = Path(source_dir), Path(out_dir), Path(work_dir)
+    if spec.method == "none":
+        raise SpecError("method 'none' trains nothing", param="finetune.method")
+    device = torch.device(device) if device is not None else pick_device()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    tokenizer = AutoTokenizer.from_pretrained(source_dir)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rows = load_examples(spec)
+    examples = tokenize_examples(rows, spec.format, tokenizer, spec.max_seq_len, spec.packing)
+    train_ex, val_ex = split_validation(examples, spec.validation_fraction, spec.seed)
+    timings["data"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    save_dtype = _source_dtype(source_dir)
+    quantized = spec.method == "qlora"
+    if quantized:
+        check_finetune_spec(spec, 0, cuda_available=device.type == "cuda")
+        model = AutoModelForCausalLM.from_pretrained(source_dir, quantization_config=lora.quantization_config(),
+                                                     dtype=torch.bfloat16, device_map={"": device},
+                                                     trust_remote_code=False)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source_dir, dtype=pick_dtype(device), trust_remote_code=False)
+        model.to(device)
+    num_layers = len(find_decoder_parts(model).layers)
+    check_finetune_spec(spec, num_layers, cuda_available=device.type == "cuda")
+    total_params = count_params(model)
+    timings["load"] = time.perf_counter() - t0
+
+    plan = None
+    if spec.method == "partial":
+        plan = methods.prepare_partial(model, spec)
+        if plan.untied:
+            hooks.info("untied lm_head from the input embeddings so training it leaves them unchanged")
+            total_params = count_params(model)
+    elif spec.method == "full":
+        methods.prepare_full(model)
+    elif spec.method == "lora":
+        model = lora.wrap_lora(model, spec)
+    else:
+        model = lora.prepare_qlora(model, spec)
+    named = methods.trainable_named_parameters(model)
+    trainable = sum(p.numel() for _, p in named)
+    hooks.info(f"{spec.method}: {trainable:,} of {total_params:,} parameters trainable",
+               trainable_params=trainable, total_params=total_params)
+
+    outcome = train(model, plan, train_ex, val_ex, spec, work_dir, hooks, device,
+                    pad_id=pad_id, fingerprint=_fingerprint(spec, num_layers, len(train_ex), [n for n, _ in named]),
+                    paged_8bit=quantized)
+
+    t0 = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if spec.method in ("lora", "qlora"):
+        lora.export_merged(model, out_dir, source_dir=source_dir, dtype=save_dtype, quantized=quantized)
+    else:
+        model.to(save_dtype).save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    timings["save"] = time.perf_counter() - t0
+    timings.update(outcome.timings)
+    return FinetuneResult(
+        method=spec.method, trainable_params=trainable, total_params=total_params, steps=outcome.steps,
+        epochs=outcome.epochs, final_loss=outcome.final_loss, val_loss=outcome.val_loss,
+        tokens_per_s=outcome.tokens_per_s, history=outcome.history, timings=timings,
+        resumed_from_step=outcome.resumed_from_step, num_layers=num_layers,
+    )
