@@ -17,6 +17,14 @@ from layerprune.cli.render import human_count, human_duration
 from layerprune.client import Event, Job
 
 _WIDTH = 28
+# What the line shows, and the names workers may give it in an event's data.
+_DETAILS = {
+    "step": ("step", "done"),
+    "total_steps": ("total_steps", "max_steps", "total"),
+    "loss": ("loss", "train_loss"),
+    "tokens_per_s": ("tokens_per_s", "tokens_per_second", "tok_per_s", "throughput"),
+    "eta_s": ("eta_s", "eta_seconds", "eta"),
+}
 
 
 def _num(value: Any) -> float | None:
@@ -36,6 +44,7 @@ class ProgressView:
         self.stage: str | None = None
         self.status: str | None = None
         self.progress = 0.0
+        self.stage_progress: float | None = None
         self.details: dict[str, float] = {}
         self._drawn = False
         self._last_log = 0.0
@@ -45,31 +54,38 @@ class ProgressView:
 
     def on_job(self, job: Job) -> None:
         """Take status, stage and overall progress from a polled job object."""
-        changed = job.stage != self.stage or job.status != self.status
-        self.status, self.stage = job.status, job.stage or self.stage
+        changed = job.status != self.status
+        if job.stage and job.stage != self.stage:
+            self.stage, self.stage_progress, self.details = job.stage, None, {}
+        self.status = job.status
         self.progress = max(self.progress, float(job.progress or 0.0))
         if changed:
-            self._print(f"{job.status}" + (f" · stage {job.stage}" if job.stage else ""))
+            self._print(f"job {job.status}")
         self._draw()
 
     def on_event(self, event: Event) -> None:
         data = {**{k: v for k, v in event.raw.items() if k not in ("data", "message")}, **event.data}
-        progress = _num(data.get("progress"))
-        if progress is not None:
-            self.progress = max(0.0, min(1.0, progress if progress <= 1.0 else progress / 100.0))
         stage = data.get("stage")
         if isinstance(stage, str) and stage != self.stage:
             self.stage = stage
             self.details = {}
+            self.stage_progress = None
+        progress = _num(data.get("progress"))
+        if progress is not None and event.type != "state":
+            self.progress = max(0.0, min(1.0, progress if progress <= 1.0 else progress / 100.0))
+        stage_progress = _num(data.get("stage_progress"))
+        if stage_progress is not None:
+            self.stage_progress = max(0.0, min(1.0, stage_progress))
         status = data.get("status")
         if isinstance(status, str):
             self.status = status
-        for key in ("step", "total_steps", "loss", "tokens_per_s", "eta_s", "epoch"):
-            value = _num(data.get(key))
-            if value is not None:
-                self.details[key] = value
-        is_progress = event.type == "progress" or (event.type.endswith(".progress"))
-        if not is_progress and (event.message or event.type):
+        for key, aliases in _DETAILS.items():
+            for alias in aliases:
+                value = _num(data.get(alias))
+                if value is not None:
+                    self.details[key] = value
+                    break
+        if event.type != "progress" and (event.message or event.type):
             level = "" if event.level in ("info", "") else f"{event.level.upper()}: "
             self._print(f"{level}{event.message or event.type}")
         self._draw()
@@ -77,20 +93,22 @@ class ProgressView:
     # ----------------------------------------------------------------- output
 
     def line(self) -> str:
-        filled = int(round(self.progress * _WIDTH))
+        # The bar is the current stage's; the job's overall share follows it in brackets.
+        frac = self.stage_progress if self.stage_progress is not None else self.progress
+        filled = int(round(frac * _WIDTH))
         bar = "#" * filled + "." * (_WIDTH - filled)
-        parts = [f"{(self.stage or self.status or 'queued'):<9}", f"[{bar}]", f"{100 * self.progress:3.0f}%"]
+        parts = [f"{(self.stage or self.status or 'queued'):<9}", f"[{bar}]", f"{100 * frac:3.0f}%"]
         d = self.details
         if "step" in d:
             total = f"/{d['total_steps']:.0f}" if "total_steps" in d else ""
-            parts.append(f"step {d['step']:.0f}{total}")
+            parts.append(f"{d['step']:.0f}{total}")
         if "loss" in d:
             parts.append(f"loss {d['loss']:.3f}")
         if "tokens_per_s" in d:
             parts.append(f"{human_count(d['tokens_per_s'])} tok/s")
         if "eta_s" in d:
             parts.append(f"ETA {human_duration(d['eta_s'])}")
-        parts.append(f"[{human_duration(time.monotonic() - self._started)}]")
+        parts.append(f"(job {100 * self.progress:.0f}%, {human_duration(time.monotonic() - self._started)})")
         return "  ".join(parts)
 
     def _print(self, text: str) -> None:
