@@ -64,6 +64,14 @@ def _fmt(x: Any) -> str:
     return str(x)
 
 
+def _part(record: Mapping[str, Any], key: str) -> Any:
+    # The pipeline nests stage results under "result"; a direct key wins.
+    value = record.get(key)
+    if value is None and isinstance(record.get("result"), Mapping):
+        value = record["result"].get(key)
+    return value
+
+
 def _front_matter(record: Mapping[str, Any]) -> str:
     import yaml
 
@@ -79,7 +87,7 @@ def _front_matter(record: Mapping[str, Any]) -> str:
     meta["library_name"] = "transformers"
     meta["pipeline_tag"] = "text-generation"
     meta["tags"] = ["layerprune", "layer-pruning", "pruned"]
-    prune = record.get("prune") or {}
+    prune = _part(record, "prune") or {}
     if prune.get("metric"):
         meta["tags"].append(f"prune-{prune['metric']}")
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
@@ -87,7 +95,7 @@ def _front_matter(record: Mapping[str, Any]) -> str:
 
 def _card_body(record: Mapping[str, Any]) -> str:
     base = record.get("base_model") or {}
-    prune = record.get("prune") or {}
+    prune = _part(record, "prune") or {}
     lines = [f"# Layer-pruned {base.get('ref', 'model')}", ""]
     if prune:
         removed = prune.get("removed_layers") or []
@@ -119,10 +127,10 @@ def _card_body(record: Mapping[str, Any]) -> str:
             for i, s in enumerate(scores):
                 lines.append(f"| {i} | {_fmt(s)} | {'yes' if i in removed_set else ''} |")
             lines.append("")
-    finetune = record.get("finetune")
+    finetune = _part(record, "finetune")
     if finetune:
         lines += ["## Healing", "", "```json", json.dumps(finetune, indent=2, default=str)[:4000], "```", ""]
-    metrics = record.get("metrics")
+    metrics = _part(record, "metrics")
     if metrics:
         lines += ["## Evaluation", "", "```json", json.dumps(metrics, indent=2, default=str)[:4000], "```", ""]
     lines += ["## Provenance", "",
