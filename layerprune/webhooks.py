@@ -245,16 +245,14 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def job_object(job: Any) -> dict[str, Any]:
-    """The job as the contract's job object (what GET /v1/jobs/{id} answers), secret removed."""
-    spec = dict(job.spec or {})
-    if isinstance(spec.get("webhook"), dict) and spec["webhook"].get("secret"):
-        spec["webhook"] = {**spec["webhook"], "secret": "***"}
-    return {
-        "id": job.id, "object": "job", "status": job.status, "stage": job.stage,
-        "progress": job.progress, "created_at": _iso(job.created_at), "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at), "spec": spec, "result": job.result, "error": job.error,
-        "attempts": job.attempts, "metadata": job.metadata_ or {},
-    }
+    """The job exactly as GET /v1/jobs/{id} answers it, with the webhook secret masked."""
+    from layerprune.api.schemas import JobPublic
+
+    out = JobPublic.from_row(job).model_dump(mode="json")
+    hook = out.get("spec", {}).get("webhook")
+    if isinstance(hook, dict) and hook.get("secret"):
+        out["spec"] = {**out["spec"], "webhook": {**hook, "secret": "***"}}
+    return out
 
 
 def enqueue_delivery(session: Any, job_id: str, status: str) -> Any | None:

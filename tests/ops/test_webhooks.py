@@ -269,3 +269,28 @@ def test_sender_thread_delivers_and_claims_once(sessions, receiver, tmp_path):
             sender.stop()
     assert len(receiver.requests) == 1  # three concurrent senders, one delivery
     assert [e.data["outcome"] for e in _webhook_events(sessions, job_id)] == ["delivered"]
+
+
+def test_terminal_transitions_create_delivery_rows(sessions):
+    """The queue's finish/fail/cancel write the delivery row in their own transaction."""
+    from layerprune.db.models import Job, WebhookDelivery
+    from layerprune.db.queue import cancel_finish, claim_job, fail_job, finish_job
+
+    ids = []
+    with sessions() as s:
+        for _ in range(3):
+            job = Job(tenant="t", status="queued", spec={"model": "m", "webhook": {"url": "https://h.example/"}})
+            s.add(job)
+            s.flush()
+            ids.append(job.id)
+        s.commit()
+    with sessions() as s:
+        for job_id in ids:
+            assert claim_job(s, job_id, "w1", 60) is not None
+        assert finish_job(s, ids[0], "w1", {"removed_layers": []}, [])
+        assert fail_job(s, ids[1], "w1", "invalid_dataset", "bad data")
+        assert cancel_finish(s, ids[2], "w1")
+    with sessions() as s:
+        rows = {r.job_id: r for r in s.scalars(select(WebhookDelivery))}
+    assert [rows[i].event_type for i in ids] == ["job.succeeded", "job.failed", "job.cancelled"]
+    assert all(rows[i].status == "pending" and rows[i].attempts == 0 for i in ids)
