@@ -14,7 +14,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Protocol, TypedDict
 
 CHUNK = 1024 * 1024
@@ -41,10 +41,10 @@ def _clean_key(key: str) -> str:
     """Refuse keys that could leave the store's root (absolute, '..', empty parts)."""
     if not key or "\\" in key or "\x00" in key:
         raise ValueError(f"bad storage key {key!r}")
-    parts = PurePosixPath(key).parts
-    if PurePosixPath(key).is_absolute() or any(p in ("", ".", "..") for p in parts):
+    parts = key.split("/")
+    if any(p in ("", ".", "..") for p in parts):  # also refuses "/abs" (leading "") and "a//b"
         raise ValueError(f"bad storage key {key!r}")
-    return "/".join(parts)
+    return key
 
 
 def _fsync_dir(path: Path) -> None:
