@@ -248,13 +248,12 @@ def _heal_round_fn(spec: JobSpec, work_dir: Path, hooks: Hooks) -> Callable[...,
     from layerprune.core.finetune import finetune_model
 
     assert spec.finetune is not None
-    counter = {"round": 0}
 
-    def heal_round(model_dir: Path, out_dir: Path | None = None, *_: Any, **__: Any) -> Any:
-        counter["round"] += 1
-        n = counter["round"]
-        target = Path(out_dir) if out_dir is not None else work_dir / f"heal_round_{n}"
-        return finetune_model(Path(model_dir), spec.finetune, target, work_dir / f"heal_round_{n}_work", hooks)
+    def heal_round(pruned_dir: Path, round_index: int) -> Path:
+        # Each round heals into its own folder (checkpoints beside it), so a retry resumes there.
+        out = work_dir / f"heal_round_{round_index}"
+        finetune_model(Path(pruned_dir), spec.finetune, out, work_dir / f"heal_round_{round_index}_work", hooks)
+        return out
 
     return heal_round
 
