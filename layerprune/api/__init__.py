@@ -1,0 +1,1 @@
+"""The HTTP API (shared/CONTRACT.md): FastAPI app, routes, schemas, errors."""

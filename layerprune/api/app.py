@@ -1,0 +1,133 @@
+"""The FastAPI application: ``create_app()`` for tests and ``layerprune serve``, ``app`` for uvicorn.
+
+Start-up applies migrations (unless ``LAYERPRUNE_AUTO_MIGRATE=0``), creates the bootstrap API
+keys from ``LAYERPRUNE_API_KEYS`` and starts the housekeeping thread (outbox dispatch, lease
+reaper). When the database is down at start-up the app still starts: requests answer 503 and the
+housekeeping thread finishes the start-up work once the database is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+
+from layerprune.api.background import Housekeeper
+from layerprune.api.body_limit import BodyLimitMiddleware
+from layerprune.api.errors import install_error_handlers
+from layerprune.api.routes import artifacts, events, files, health, jobs
+from layerprune.db.session import session_factory as make_session_factory
+from layerprune.logs import bind, configure_logging
+from layerprune.settings import Settings, get_settings
+
+log = logging.getLogger("layerprune.api")
+
+DESCRIPTION = """Prune decoder layers of Hugging Face LLMs as jobs (Lu et al. 2024, *Reassessing Layer
+Pruning in LLMs*): score layers, remove them, heal by fine-tuning, evaluate, download the result.
+
+Auth: `Authorization: Bearer <api-key>`. Every 4xx/5xx body is
+`{"error": {"code", "message", "param"}}`; lists are `{"object": "list", "data", "has_more", "last_id"}`,
+newest first, with `limit` (1..100) and `after=<id>`. POSTs that create take an `Idempotency-Key`."""
+
+
+def _startup_work(settings: Settings) -> bool:
+    """Migrations and bootstrap keys; True once done (False: the database is not reachable yet)."""
+    from layerprune.db.keys import bootstrap_keys
+    from layerprune.db.migrate import upgrade_to_head
+    from layerprune.db.session import session_scope
+
+    url = settings.effective_database_url
+    try:
+        if settings.auto_migrate:
+            upgrade_to_head(url)
+        pairs = settings.bootstrap_keys
+        if pairs:
+            with session_scope(url) as session:
+                bootstrap_keys(session, pairs)
+        return True
+    except Exception as exc:  # noqa: BLE001 - retried by the housekeeping thread
+        log.warning("start-up work failed (database unavailable?): %s", type(exc).__name__)
+        return False
+
+
+def create_app(settings: Settings | None = None, *, start_background: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        done = _startup_work(settings)
+        keeper = None
+        if start_background:
+            keeper = Housekeeper(app.state.session_factory, settings,
+                                 startup=None if done else (lambda: _startup_work(settings)))
+            keeper.start()
+        app.state.housekeeper = keeper
+        try:
+            yield
+        finally:
+            if keeper is not None:
+                keeper.stop()
+
+    app = FastAPI(
+        title="layerprune",
+        version="1.0.0",
+        summary="LLM layer pruning as a service",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "jobs", "description": "Pruning / healing / evaluation jobs"},
+            {"name": "events", "description": "What a job did, as JSON or server-sent events"},
+            {"name": "artifacts", "description": "A job's output model"},
+            {"name": "files", "description": "Uploaded data sets"},
+            {"name": "operations", "description": "Health, readiness, metrics"},
+        ],
+    )
+    app.state.settings = settings
+    app.state.database_url = settings.effective_database_url
+    app.state.session_factory = make_session_factory(settings.effective_database_url)
+    install_error_handlers(app)
+    for router in (jobs.router, events.router, artifacts.router, files.router, health.router):
+        app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_spec_bytes)
+
+    @app.middleware("http")
+    async def request_log(request: Request, call_next: Any) -> Any:
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        started = time.monotonic()
+        with bind(request_id=request_id):
+            response = await call_next(request)
+            response.headers["X-Request-ID"] = request_id
+            # Never the headers: they carry the API key.
+            log.info("request", extra={"method": request.method, "path": request.url.path,
+                                       "status": response.status_code,
+                                       "duration_ms": round((time.monotonic() - started) * 1000, 1)})
+        return response
+
+    try:
+        from layerprune import metrics
+    except ImportError:  # the metrics module is optional at this layer
+        metrics = None  # type: ignore[assignment]
+    if metrics is not None:
+        # metrics.install's /metrics handler is annotated "-> Response" under postponed annotations
+        # with Response imported locally; give the module that name so the OpenAPI build resolves it.
+        from fastapi.responses import Response as _Response
+
+        vars(metrics).setdefault("Response", _Response)
+        metrics.install(app)
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    # ``uvicorn layerprune.api.app:app``: built on first access, so importing this module for
+    # create_app() does not read the environment or touch a database.
+    if name == "app":
+        global app
+        app = create_app()
+        return app
+    raise AttributeError(name)

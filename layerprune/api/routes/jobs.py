@@ -1,0 +1,178 @@
+"""``/v1/jobs``: create (idempotent), list, get, cancel."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Header, Query, Request, Response
+from sqlalchemy.exc import IntegrityError
+
+from layerprune.api.deps import SessionDep, SettingsDep, TenantDep
+from layerprune.api.errors import ApiError, not_found
+from layerprune.api.pagination import AfterQuery, LimitQuery, bad_cursor, envelope
+from layerprune.api.schemas import JOB_CREATE_EXAMPLES, JobCreate, JobPublic, JobsPublic, error_responses
+from layerprune.api.validation import validate_job_spec
+from layerprune.db import idempotency
+from layerprune.db.jobs import (
+    JobStateConflict,
+    create_job,
+    get_job,
+    job_seq,
+    list_jobs,
+    mark_dispatched_now,
+    request_cancel,
+)
+from layerprune.logs import bind
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", max_length=255,
+           description="Same key + same body within 24 h returns the same job (200); another body is 409"),
+]
+JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+_METADATA_PARAM = re.compile(r"^metadata\[(.+)\]$")
+
+
+def _replay(session: Any, tenant: str, key: str, digest: str, ttl_hours: int) -> JobPublic | None:
+    replay = idempotency.lookup(session, tenant, key, digest, "job", ttl_hours)
+    if replay is None:
+        return None
+    if not replay.same_request:
+        raise ApiError(409, "idempotency_key_reused",
+                       "this Idempotency-Key was used with a different request body", param="Idempotency-Key")
+    job = get_job(session, tenant, replay.object_id)
+    if job is None:  # cannot happen (jobs are never deleted), but never answer a 500
+        raise ApiError(409, "idempotency_key_reused", "this Idempotency-Key refers to a missing job")
+    return JobPublic.from_row(job)
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobPublic,
+    summary="Create a job",
+    responses={200: {"model": JobPublic, "description": "Replay of an earlier request with the same Idempotency-Key"},
+               **error_responses(401, 409, 413, 422, 503)},
+)
+def create_job_route(
+    spec: Annotated[JobCreate, Body(openapi_examples=JOB_CREATE_EXAMPLES)],  # type: ignore[valid-type]
+    session: SessionDep,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> JobPublic:
+    accepted = spec.model_dump(mode="json")  # the stored spec: defaults filled in
+    digest = idempotency.request_hash(accepted)
+    if idempotency_key:
+        replayed = _replay(session, tenant, idempotency_key, digest, settings.idempotency_ttl_hours)
+        if replayed is not None:
+            response.status_code = 200
+            return replayed
+    validate_job_spec(session, tenant, spec, settings)
+    queue = "gpu" if spec.needs_gpu else "cpu"
+    try:
+        job = create_job(session, tenant, accepted, queue=queue, max_attempts=settings.max_attempts)
+        if idempotency_key:
+            idempotency.remember(session, tenant, idempotency_key, digest, "job", job.id)
+        session.commit()
+    except IntegrityError:
+        # A concurrent request with the same Idempotency-Key won: answer with its job.
+        session.rollback()
+        if idempotency_key:
+            replayed = _replay(session, tenant, idempotency_key, digest, settings.idempotency_ttl_hours)
+            if replayed is not None:
+                response.status_code = 200
+                return replayed
+        raise
+    with bind(job_id=job.id, tenant=tenant):
+        log.info("job created", extra={"queue": queue})
+        _dispatch(session, job.id, queue)
+    session.refresh(job)
+    return JobPublic.from_row(job)
+
+
+def _dispatch(session: Any, job_id: str, queue: str) -> None:
+    """Send the job's id to the broker; if that fails the job stays in the outbox (201 anyway)."""
+    try:
+        from layerprune.dispatch import send_job
+
+        send_job(job_id, queue)
+    except Exception as exc:  # noqa: BLE001 - broker down: the housekeeping sweep sends it later
+        log.warning("broker unavailable; job left for the outbox sweep: %s", type(exc).__name__)
+        return
+    try:
+        mark_dispatched_now(session, job_id)
+        session.commit()
+    except Exception:  # noqa: BLE001 - harmless: the sweep sends it again, the claim is atomic
+        session.rollback()
+        log.warning("could not record the dispatch", exc_info=True)
+
+
+@router.get("", response_model=JobsPublic, summary="List jobs, newest first",
+            description="Filters: `status=` and `metadata[key]=value` (repeatable; all must match).",
+            responses=error_responses(401, 422, 503),
+            openapi_extra={"parameters": [{"name": "metadata[key]", "in": "query", "required": False,
+                                           "description": "only jobs whose metadata has key = value",
+                                           "schema": {"type": "string"}, "example": "nightly-retrain"}]})
+def list_jobs_route(
+    request: Request,
+    session: SessionDep,
+    tenant: TenantDep,
+    limit: LimitQuery = 20,
+    after: AfterQuery = None,
+    status: Annotated[JobStatus | None, Query(description="only jobs in this status")] = None,
+) -> dict[str, Any]:
+    metadata: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        m = _METADATA_PARAM.match(name)
+        if m:
+            metadata[m.group(1)] = value
+    after_seq = None
+    if after is not None:
+        after_seq = job_seq(session, tenant, after)
+        if after_seq is None:
+            raise bad_cursor(after)
+    page = list_jobs(session, tenant, limit=limit, after_seq=after_seq, status=status, metadata=metadata)
+    return envelope([JobPublic.from_row(j) for j in page.items], page.has_more)
+
+
+@router.get("/{job_id}", response_model=JobPublic, summary="Get a job", responses=error_responses(401, 404, 503))
+def get_job_route(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
+    job = get_job(session, tenant, job_id)
+    if job is None:
+        raise not_found("job")
+    return JobPublic.from_row(job)
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic, summary="Cancel a job",
+             description="queued → cancelled at once; running → cancelling (the worker stops within seconds); "
+                         "a finished job → 409.",
+             responses=error_responses(401, 404, 409, 503))
+def cancel_job_route(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
+    job = get_job(session, tenant, job_id)
+    if job is None:
+        raise not_found("job")
+    try:
+        job = request_cancel(session, job)
+        if job.status == "cancelled":
+            _enqueue_webhook(session, job.id, "cancelled")
+        session.commit()
+    except JobStateConflict as exc:
+        session.rollback()
+        raise ApiError(409, "job_finished", f"the job is already {exc.job.status}; it cannot be cancelled") from None
+    with bind(job_id=job.id, tenant=tenant):
+        log.info("cancel requested", extra={"status": job.status})
+    return JobPublic.from_row(job)
+
+
+def _enqueue_webhook(session: Any, job_id: str, status: str) -> None:
+    # The terminal transition and its webhook delivery row commit together.
+    from layerprune.webhooks import enqueue_delivery
+
+    enqueue_delivery(session, job_id, status)

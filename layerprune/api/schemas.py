@@ -1,0 +1,205 @@
+"""Request and response bodies (DTOs), kept apart from the ORM models.
+
+``JobCreate`` is core's ``JobSpec`` itself: one definition of a valid spec, shared by the API,
+the worker and the docs. Responses are built from rows with ``from_row``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from layerprune.core.spec import JobSpec
+from layerprune.db.models import Artifact, File, Job, JobEvent
+
+JobCreate = JobSpec
+
+JOB_CREATE_EXAMPLES: dict[str, dict[str, Any]] = {
+    "paper_recipe": {
+        "summary": "Reverse-order 25% + partial healing + evaluation (the paper's recipe)",
+        "value": {
+            "model": "bundled:smollm2-135m-instruct",
+            "prune": {"metric": "reverse_order", "ratio": 0.25},
+            "finetune": {"method": "partial", "trainable_last_layers": 3, "dataset": "bundled:instructions",
+                         "format": "alpaca", "epochs": 2, "learning_rate": 1e-5},
+            "evaluate": {"perplexity": {"dataset": "bundled:wikitext-like", "seq_len": 128},
+                         "tasks": ["arc_easy", "piqa"], "limit": 200},
+            "metadata": {"pipeline": "nightly-retrain"},
+        },
+    },
+    "prune_only": {
+        "summary": "Remove 6 layers chosen by block influence",
+        "value": {"model": "bundled:smollm2-135m-instruct",
+                  "prune": {"metric": "block_influence", "num_layers": 6,
+                            "calibration": {"num_samples": 10, "seq_len": 128}}},
+    },
+    "evaluate_only": {
+        "summary": "Evaluate a model as it is",
+        "value": {"model": "bundled:smollm2-135m-instruct", "evaluate": {"tasks": ["arc_easy"], "limit": 100}},
+    },
+}
+
+_TIME = "2026-01-01T12:00:00Z"
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobPublic(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "job_3k1f0q8z7v2m9x4c5b6n7a8s", "object": "job", "status": "queued", "stage": None,
+        "progress": 0.0, "created_at": _TIME, "updated_at": _TIME, "started_at": None, "finished_at": None,
+        "spec": JOB_CREATE_EXAMPLES["prune_only"]["value"], "result": None, "error": None, "attempts": 0,
+        "max_attempts": 3, "metadata": {}, "priority": 0, "queue": "gpu", "cancel_requested_at": None,
+    }]})
+
+    id: str
+    object: Literal["job"] = "job"
+    status: Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+    stage: Literal["prune", "finetune", "evaluate", "export"] | None
+    progress: float
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    cancel_requested_at: datetime | None = None
+    spec: dict[str, Any] = Field(description="the spec as accepted, with defaults filled in")
+    result: dict[str, Any] | None
+    error: JobError | None
+    attempts: int
+    max_attempts: int
+    metadata: dict[str, Any]
+    priority: int
+    queue: Literal["gpu", "cpu"]
+
+    @classmethod
+    def from_row(cls, job: Job) -> JobPublic:
+        error = None
+        if job.error:
+            error = JobError(code=str(job.error.get("code", "error")), message=str(job.error.get("message", "")))
+        return cls(
+            id=job.id, status=job.status, stage=job.stage, progress=job.progress, created_at=job.created_at,  # type: ignore[arg-type]
+            updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at,
+            cancel_requested_at=job.cancel_requested_at, spec=job.spec, result=job.result, error=error,
+            attempts=job.attempts, max_attempts=job.max_attempts, metadata=job.metadata_ or {},
+            priority=job.priority, queue=job.queue,  # type: ignore[arg-type]
+        )
+
+
+T = TypeVar("T")
+
+
+class ListPublic(BaseModel, Generic[T]):
+    object: Literal["list"] = "list"
+    data: list[T]
+    has_more: bool
+    last_id: str | None
+
+
+class JobsPublic(ListPublic[JobPublic]):
+    pass
+
+
+class EventPublic(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "evt_9d8c7b6a5f4e3d2c1b0a9z8y", "object": "event", "job_id": "job_3k1f0q8z7v2m9x4c5b6n7a8s",
+        "created_at": _TIME, "level": "info", "type": "progress", "message": "finetune step 40/400",
+        "data": {"step": 40, "loss": 2.31, "tokens_per_s": 5120.0, "eta_s": 812.0},
+    }]})
+
+    id: str
+    object: Literal["event"] = "event"
+    job_id: str
+    created_at: datetime
+    level: Literal["info", "warning", "error"]
+    type: str
+    message: str
+    data: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, evt: JobEvent) -> EventPublic:
+        return cls(id=evt.id, job_id=evt.job_id, created_at=evt.created_at, level=evt.level,  # type: ignore[arg-type]
+                   type=evt.type, message=evt.message, data=evt.data or {})
+
+
+class EventsPublic(ListPublic[EventPublic]):
+    pass
+
+
+class ArtifactPublic(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "path": "model.safetensors", "size_bytes": 214531072,
+        "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        "url": "https://layerprune.example/v1/jobs/job_3k1f0q8z7v2m9x4c5b6n7a8s/artifacts/model.safetensors",
+    }]})
+
+    path: str
+    size_bytes: int
+    sha256: str
+    url: str
+
+    @classmethod
+    def from_row(cls, art: Artifact, url: str) -> ArtifactPublic:
+        return cls(path=art.path, size_bytes=art.size_bytes, sha256=art.sha256, url=url)
+
+
+class ArtifactsPublic(ListPublic[ArtifactPublic]):
+    pass
+
+
+class FilePublic(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "file_7h6g5f4d3s2a1q0w9e8r7t6y", "object": "file", "filename": "train.jsonl",
+        "size_bytes": 52311, "sha256": "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+        "purpose": "finetune", "created_at": _TIME, "num_records": 120,
+    }]})
+
+    id: str
+    object: Literal["file"] = "file"
+    filename: str
+    size_bytes: int
+    sha256: str
+    purpose: Literal["finetune", "evaluate", "calibration"]
+    created_at: datetime
+    num_records: int
+
+    @classmethod
+    def from_row(cls, f: File) -> FilePublic:
+        return cls(id=f.id, filename=f.filename, size_bytes=f.size_bytes, sha256=f.sha256,
+                   purpose=f.purpose, created_at=f.created_at, num_records=f.num_records)  # type: ignore[arg-type]
+
+
+class FilesPublic(ListPublic[FilePublic]):
+    pass
+
+
+class FileDeleted(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool = True
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(examples=["invalid_request"])
+    message: str = Field(examples=["prune.ratio: Input should be less than 1"])
+    param: str | None = Field(examples=["prune.ratio"])
+
+
+class ErrorPublic(BaseModel):
+    """Every 4xx and 5xx answer has this shape."""
+
+    error: ErrorDetail
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries for the error statuses a route can answer."""
+    described = {
+        400: "Bad request", 401: "Missing or invalid API key", 404: "Not found (or another tenant's)",
+        409: "Conflict", 413: "Body too large", 415: "Unsupported media type", 416: "Range not satisfiable",
+        422: "Invalid input; `param` names the field", 503: "Database unavailable",
+    }
+    return {c: {"model": ErrorPublic, "description": described.get(c, "Error")} for c in codes}

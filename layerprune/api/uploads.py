@@ -1,0 +1,212 @@
+"""Receive an uploaded data file as it streams: size cap, sha256, record count, line checks.
+
+Nothing is buffered whole. The multipart body is parsed chunk by chunk (python-multipart); the
+file part's bytes go straight to a temporary file beside their final place while being hashed,
+counted and checked line by line: JSONL lines must be JSON objects, text must be UTF-8. The
+first bad line, or the byte past ``max_bytes``, stops the upload (422 naming the line / 413) and
+the temporary file is removed; nothing is recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from layerprune.api.errors import ApiError
+
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+MAX_FIELD_BYTES = 1024  # the non-file form fields (purpose) are tiny
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"the file is over the {limit}-byte upload limit", param="file")
+
+
+def bad_line(line_no: int, why: str) -> ApiError:
+    return ApiError(422, "invalid_file", f"line {line_no}: {why}", param="file")
+
+
+class LineChecker:
+    """Splits bytes into lines as they arrive and checks each complete line."""
+
+    def __init__(self, jsonl: bool) -> None:
+        self.jsonl = jsonl
+        self.pending = b""
+        self.line_no = 0
+        self.records = 0
+
+    def feed(self, data: bytes) -> None:
+        self.pending += data
+        *lines, self.pending = self.pending.split(b"\n")
+        for line in lines:
+            self._check(line)
+
+    def finish(self) -> None:
+        if self.pending:
+            self._check(self.pending)
+            self.pending = b""
+
+    def _check(self, raw: bytes) -> None:
+        self.line_no += 1
+        if self.line_no == 1:
+            raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
+        try:
+            text = raw.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError as exc:
+            raise bad_line(self.line_no, f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        if not text.strip():
+            return
+        if self.jsonl:
+            try:
+                value = json.loads(text)
+            except ValueError as exc:
+                raise bad_line(self.line_no, f"not valid JSON ({exc})") from None
+            if not isinstance(value, dict):
+                raise bad_line(self.line_no, f"a JSON {type(value).__name__}, expected an object") from None
+        self.records += 1
+
+
+class FileSink:
+    """Writes one file part to ``tmp_path`` while hashing, counting and checking it."""
+
+    def __init__(self, folder: Path, filename: str, max_bytes: int) -> None:
+        self.filename = filename
+        self.jsonl = filename.lower().endswith(JSONL_SUFFIXES)
+        self.ext = "jsonl" if self.jsonl else "txt"
+        self.max_bytes = max_bytes
+        folder.mkdir(parents=True, exist_ok=True)
+        self.tmp_path = folder / f".upload-{secrets.token_hex(8)}.part"
+        self.fh = open(self.tmp_path, "wb")  # noqa: SIM115 - closed in finish/abort
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.lines = LineChecker(self.jsonl)
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            raise too_large(self.max_bytes)
+        self.digest.update(data)
+        self.lines.feed(data)
+        self.fh.write(data)
+
+    def finish(self) -> None:
+        self.lines.finish()
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        if self.lines.records == 0:
+            raise ApiError(422, "invalid_file", "the file has no records", param="file")
+
+    def abort(self) -> None:
+        self.fh.close()
+        self.tmp_path.unlink(missing_ok=True)
+
+
+@dataclass
+class Upload:
+    sink: FileSink
+    fields: dict[str, str]
+
+
+async def receive_upload(request: Request, folder: Path, max_bytes: int) -> Upload:
+    """Parse a ``multipart/form-data`` body with one ``file`` part; the caller owns ``sink``."""
+    ctype, params = parse_options_header(request.headers.get("content-type", ""))
+    if ctype != b"multipart/form-data" or b"boundary" not in params:
+        raise ApiError(415, "unsupported_media_type", "send multipart/form-data with a 'file' part and 'purpose'")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
+        raise too_large(max_bytes)
+
+    events: list[tuple[str, Any]] = []
+    header_field = bytearray()
+    header_value = bytearray()
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header_field.extend(data[start:end])
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header_value.extend(data[start:end])
+
+    def on_header_end() -> None:
+        events.append(("header", (bytes(header_field).lower(), bytes(header_value))))
+        header_field.clear()
+        header_value.clear()
+
+    callbacks = {
+        "on_part_begin": lambda: events.append(("begin", None)),
+        "on_header_field": on_header_field,
+        "on_header_value": on_header_value,
+        "on_header_end": on_header_end,
+        "on_headers_finished": lambda: events.append(("headers_done", None)),
+        "on_part_data": lambda data, start, end: events.append(("data", bytes(data[start:end]))),
+        "on_part_end": lambda: events.append(("end", None)),
+    }
+    parser = MultipartParser(params[b"boundary"], callbacks)  # type: ignore[arg-type]
+    sink: FileSink | None = None
+    fields: dict[str, str] = {}
+    part_headers: dict[bytes, bytes] = {}
+    current: str | None = None  # "file", a field name, or None (ignored part)
+    value = bytearray()
+    try:
+        async for chunk in request.stream():
+            try:
+                parser.write(chunk)
+            except Exception as exc:  # noqa: BLE001 - python-multipart's parse errors
+                raise ApiError(422, "invalid_multipart", f"malformed multipart body: {exc}", param="file") from None
+            batch: list[bytes] = []
+            for kind, payload in events:
+                if kind == "begin":
+                    part_headers = {}
+                elif kind == "header":
+                    part_headers[payload[0]] = payload[1]
+                elif kind == "headers_done":
+                    _, disp = parse_options_header(part_headers.get(b"content-disposition", b""))
+                    name = disp.get(b"name", b"").decode("utf-8", "replace")
+                    if name == "file":
+                        if sink is not None:
+                            raise ApiError(422, "invalid_request", "send exactly one 'file' part", param="file")
+                        filename = disp.get(b"filename", b"upload").decode("utf-8", "replace")
+                        filename = os.path.basename(filename.replace("\\", "/"))[:255] or "upload"
+                        sink = FileSink(folder, filename, max_bytes)
+                        current = "file"
+                    else:
+                        current = name
+                        value = bytearray()
+                elif kind == "data":
+                    if current == "file":
+                        batch.append(payload)
+                    elif current is not None:
+                        value.extend(payload)
+                        if len(value) > MAX_FIELD_BYTES:
+                            raise ApiError(422, "invalid_request", f"field '{current}' is too long", param=current)
+                elif kind == "end":
+                    if current not in (None, "file"):
+                        fields[current] = value.decode("utf-8", "replace")
+                    current = None
+            events.clear()
+            if batch and sink is not None:
+                # Hashing, JSON checks and disk writes off the event loop.
+                await run_in_threadpool(_write_all, sink, batch)
+        parser.finalize()
+        if sink is None:
+            raise ApiError(422, "invalid_request", "a 'file' part is required", param="file")
+        await run_in_threadpool(sink.finish)
+    except BaseException:
+        if sink is not None:
+            sink.abort()
+        raise
+    return Upload(sink, fields)
+
+
+def _write_all(sink: FileSink, batch: list[bytes]) -> None:
+    for data in batch:
+        sink.write(data)

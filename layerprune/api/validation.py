@@ -1,0 +1,154 @@
+"""Semantic checks of a job spec at POST time, cheap and torch-free.
+
+The structure was already checked by core's ``JobSpec``. Here: the model reference (syntax,
+model roots, ``job:<id>`` of the same tenant and succeeded), uploaded files named by the spec,
+the webhook target, qlora without CUDA workers, and — when the model's ``config.json`` can be
+read locally — the layer arithmetic of ``prune`` and ``finetune`` via core's own checks. Every
+failure is a core ``SpecError`` (or another typed core error) naming the field → 422.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from layerprune.core.errors import DeviceUnavailableError, RemoteCodeRefusedError, SpecError
+from layerprune.core.spec import JobSpec, resolve_layer_count
+from layerprune.db.files import file_refs, get_file
+from layerprune.db.jobs import get_job
+from layerprune.settings import Settings
+
+# Layer-count keys of Hugging Face configs (as core.architecture, which imports torch).
+_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+# Known from shared/DATA.md, used when the converted bundled model is not cached on this host yet.
+_BUNDLED_LAYERS = {"smollm2-135m-instruct": 30}
+
+
+def validate_job_spec(session: Session, tenant: str, spec: JobSpec, settings: Settings) -> None:
+    """Raise a typed core error (→ 422 naming the field) for anything a worker would refuse."""
+    _check_model_ref(session, tenant, spec, settings)
+    _check_files(session, tenant, spec)
+    if spec.webhook is not None:
+        from layerprune.webhooks import validate_webhook_url
+
+        validate_webhook_url(spec.webhook.url, settings)
+    if spec.finetune is not None and spec.finetune.method == "qlora" and not cuda_workers(settings):
+        raise DeviceUnavailableError(
+            "method 'qlora' needs CUDA workers (4-bit bitsandbytes) and this service has none: "
+            "use 'lora' or 'partial'", param="finetune.method")
+    layers = model_layer_count(session, tenant, spec, settings)
+    if layers is None:
+        return  # a hub model: the worker checks once it has the config
+    remaining = layers
+    if spec.prune is not None:
+        remaining = layers - resolve_layer_count(spec.prune, layers)
+        if spec.prune.iterative_step is not None and spec.prune.iterative_step > layers - remaining:
+            raise SpecError(f"iterative_step {spec.prune.iterative_step} is more than the "
+                            f"{layers - remaining} layers removed", param="prune.iterative_step")
+    if spec.finetune is not None:
+        from layerprune.core.finetune import check_finetune_spec
+
+        ft = spec.finetune
+        if ft.method == "qlora":  # CUDA was checked above for the service's workers, not this host
+            ft = ft.model_copy(update={"method": "lora"})
+        check_finetune_spec(ft, remaining, cuda_available=True)
+
+
+def cuda_workers(settings: Settings) -> bool:
+    if settings.cuda_workers is not None:
+        return settings.cuda_workers
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _check_model_ref(session: Session, tenant: str, spec: JobSpec, settings: Settings) -> None:
+    from layerprune.core.sources import validate_model_ref
+
+    validate_model_ref(spec.model, settings.model_root_paths)
+    if spec.model.startswith("job:"):
+        job = get_job(session, tenant, spec.model.removeprefix("job:"))
+        if job is None:
+            raise SpecError(f"no job '{spec.model.removeprefix('job:')}' to take the model from", param="model")
+        if job.status != "succeeded":
+            raise SpecError(f"job {job.id} is {job.status}; only a succeeded job's output can be a model",
+                            param="model")
+
+
+def _check_files(session: Session, tenant: str, spec: JobSpec) -> None:
+    data = spec.model_dump(mode="json")
+    for path, file_id in file_refs(data).items():
+        row = get_file(session, tenant, file_id)
+        if row is None:
+            raise SpecError(f"no uploaded file '{file_id}'", param=path)
+        if path == "finetune.dataset" and spec.finetune is not None:
+            is_text = row.storage_path.endswith(".txt")
+            if is_text != (spec.finetune.format == "text"):
+                raise SpecError(f"file {file_id} is {'plain text' if is_text else 'JSONL'}; "
+                                f"format '{spec.finetune.format}' does not fit it", param="finetune.format")
+
+
+def _local_model_dir(ref: str, settings: Settings) -> Path | None:
+    if ref.startswith(("/", "./", "../", "~")) or ref in (".", ".."):
+        return Path(ref).expanduser().resolve()
+    for root in settings.model_root_paths:
+        candidate = root / ref
+        if candidate.is_dir():
+            return candidate.resolve()
+    return None
+
+
+def _layers_from_config(config: dict[str, Any]) -> int | None:
+    for cfg in (config.get("text_config"), config):
+        if isinstance(cfg, dict):
+            for key in _LAYER_KEYS:
+                if isinstance(cfg.get(key), int):
+                    return int(cfg[key])
+    return None
+
+
+def _read_config(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def model_layer_count(session: Session, tenant: str, spec: JobSpec, settings: Settings) -> int | None:
+    """The model's decoder layer count when it is knowable here without a download, else None."""
+    ref = spec.model
+    if ref.startswith("bundled:"):
+        from layerprune.core.bundled import cache_dir
+
+        name = ref.removeprefix("bundled:")
+        cached = _read_config(cache_dir() / "models" / name / "config.json")
+        return (_layers_from_config(cached) if cached else None) or _BUNDLED_LAYERS.get(name)
+    if ref.startswith("job:"):
+        job = get_job(session, tenant, ref.removeprefix("job:"))
+        result = (job.result if job is not None else None) or {}
+        value = result.get("num_layers_after")
+        return int(value) if isinstance(value, int) else None
+    local = _local_model_dir(ref, settings)
+    if local is None:
+        return None
+    config = _read_config(local / "config.json")
+    if config is None:
+        raise SpecError(f"model directory '{ref}' has no readable config.json", param="model")
+    if config.get("auto_map"):
+        raise RemoteCodeRefusedError("this model needs trust_remote_code (custom code); remote code is never run",
+                                     param="model")
+    layers = _layers_from_config(config)
+    if layers is None:
+        raise SpecError(f"model directory '{ref}' has no layer count in config.json", param="model")
+    return layers
+
+
+
+
+__all__ = ["validate_job_spec", "model_layer_count", "cuda_workers"]
