@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from starlette.responses import Response
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
@@ -231,7 +232,6 @@ def render(registry: CollectorRegistry = REGISTRY) -> bytes:
 def install(app: Any) -> None:
     """Add the HTTP middleware, the DB collector and ``GET /metrics`` to a FastAPI app."""
     from fastapi import APIRouter
-    from fastapi.responses import Response
 
     app.add_middleware(MetricsMiddleware)
     collector = JobsCollector(lambda: getattr(app.state, "session_factory", None))
