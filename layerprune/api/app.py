@@ -20,10 +20,11 @@ from fastapi import FastAPI, Request
 from layerprune.api.background import Housekeeper
 from layerprune.api.body_limit import BodyLimitMiddleware
 from layerprune.api.errors import install_error_handlers
-from layerprune.api.routes import artifacts, events, files, health, jobs
+from layerprune.api.routes import artifacts, dashboard, events, files, health, jobs, retention
 from layerprune.db.session import session_factory as make_session_factory
 from layerprune.logs import bind, configure_logging
 from layerprune.settings import Settings, get_settings
+from layerprune.webhooks import WebhookSender
 
 log = logging.getLogger("layerprune.api")
 
@@ -68,11 +69,15 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Tru
                                  startup=None if done else (lambda: _startup_work(settings)))
             keeper.start()
         app.state.housekeeper = keeper
+        # Webhook deliveries (e.g. of a queued job cancelled here) are sent by their own thread.
+        sender = WebhookSender(app.state.session_factory, settings=settings).start() if start_background else None
         try:
             yield
         finally:
             if keeper is not None:
                 keeper.stop()
+            if sender is not None:
+                sender.stop()
 
     app = FastAPI(
         title="layerprune",
@@ -92,7 +97,8 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Tru
     app.state.database_url = settings.effective_database_url
     app.state.session_factory = make_session_factory(settings.effective_database_url)
     install_error_handlers(app)
-    for router in (jobs.router, events.router, artifacts.router, files.router, health.router):
+    for router in (jobs.router, events.router, artifacts.router, files.router, health.router,
+                   retention.router, dashboard.router):
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_spec_bytes)
 
