@@ -128,6 +128,9 @@ def finetune_model(source_dir: Path, spec: FinetuneSpec, out_dir: Path, work_dir
     total_params = count_params(model)
     timings["load"] = time.perf_counter() - t0
 
+    # Seed before wrapping: LoRA initialises its A matrices from the global RNG, and a run must
+    # be reproducible (a resumed run restores the RNG states of its checkpoint on top of this).
+    torch.manual_seed(spec.seed)
     plan = None
     if spec.method == "partial":
         plan = methods.prepare_partial(model, spec)
