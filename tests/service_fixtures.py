@@ -8,7 +8,8 @@ tests share one database without seeing each other's rows.
 - ``pg_url``: ``postgresql+psycopg://…/lp_test_<random>`` created on localhost:5432 and dropped
   at the end (skips the tests when no Postgres answers).
 - ``service_settings``: LAYERPRUNE_* environment for that database and a temporary data dir,
-  applied to ``os.environ`` for the session (the worker and dispatch read ``get_settings()``).
+  applied to ``os.environ`` while a test module runs (module scope, so other modules' environments
+  are untouched; the worker and dispatch read ``get_settings()``).
 - ``migrated_db``: the schema at head.
 - ``app`` / ``client``: ``create_app(start_background=False)`` and a ``TestClient`` on it.
 - ``new_tenant``: ``(tenant, headers)`` with ``Authorization: Bearer …`` for a fresh tenant.
@@ -107,7 +108,7 @@ def service_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("lp-data")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def service_settings(pg_url: str, service_data_dir: Path) -> Iterator[Any]:
     from layerprune.settings import get_settings
 
@@ -119,7 +120,7 @@ def service_settings(pg_url: str, service_data_dir: Path) -> Iterator[Any]:
         yield get_settings()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def migrated_db(service_settings: Any) -> str:
     from layerprune.db.migrate import upgrade_to_head
 
@@ -127,14 +128,14 @@ def migrated_db(service_settings: Any) -> str:
     return service_settings.effective_database_url
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def app(service_settings: Any, migrated_db: str) -> Any:
     from layerprune.api.app import create_app
 
     return create_app(service_settings, start_background=False)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def client(app: Any) -> Iterator[Any]:
     from fastapi.testclient import TestClient
 
