@@ -207,7 +207,13 @@ def stream_prune(src_dir: Path, out_dir: Path, removed: Sequence[int], hooks: Ho
     """
     from transformers import AutoConfig
 
-    from layerprune.core.architecture import count_params, layers_key_prefix, meta_model, num_layers_of
+    from layerprune.core.architecture import (
+        count_params,
+        find_decoder_parts,
+        layer_param_count,
+        meta_model,
+        num_layers_of,
+    )
     from layerprune.core.removal import cut_layer_config, keep_list, refuse_index_dependent_math
 
     src_dir, out_dir = Path(src_dir), Path(out_dir)
@@ -216,10 +222,17 @@ def stream_prune(src_dir: Path, out_dir: Path, removed: Sequence[int], hooks: Ho
     keep = keep_list(removed, num_layers)
     if len(keep) < num_layers:
         refuse_index_dependent_math(config)
-    params_before = count_params(meta_model(config))
+    # One structure-only (meta) model gives the key prefix and the parameter counts.
+    skeleton = meta_model(config)
+    parts = find_decoder_parts(skeleton)
+    params_before = count_params(skeleton)
+    kept_set = set(keep)
+    params_removed = sum(layer_param_count(parts.layers[i]) for i in range(num_layers) if i not in kept_set)
+    module_prefix = parts.layers_path + "."
+    del skeleton, parts
 
     entries, metadata = list_tensors(src_dir)
-    prefix = layer_prefix_in_files([e.name for e in entries], layers_key_prefix(config))
+    prefix = layer_prefix_in_files([e.name for e in entries], module_prefix)
     new_index = {old: new for new, old in enumerate(keep)}
     kept: list[tuple[str, TensorEntry]] = []
     for entry in entries:
@@ -254,7 +267,7 @@ def stream_prune(src_dir: Path, out_dir: Path, removed: Sequence[int], hooks: Ho
         "num_layers_before": num_layers,
         "num_layers_after": len(keep),
         "params_before": params_before,
-        "params_after": count_params(meta_model(config)),
+        "params_after": params_before - params_removed,
         "weight_files": names,
         "bytes_written": total,
         "copied_files": copied,
