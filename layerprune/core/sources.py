@@ -64,8 +64,12 @@ class ModelSource:
 # Classifying a reference (cheap: no torch, no network)
 
 
-def _looks_like_path(ref: str) -> bool:
-    return ref.startswith(("/", "./", "../", "~")) or ref in (".", "..") or os.sep in ref and os.path.isdir(ref)
+def _looks_like_path(ref: str, model_roots: Sequence[Path] | None) -> bool:
+    if ref.startswith(("/", "./", "../", "~")) or ref in (".", ".."):
+        return True
+    # Library use (no roots): an existing relative directory wins over a hub id, as in transformers.
+    # The server (roots given) never reads its working directory: "org/name" there is a hub id.
+    return model_roots is None and os.sep in ref and os.path.isdir(ref)
 
 
 def _under(path: Path, roots: Sequence[Path]) -> bool:
@@ -78,7 +82,7 @@ def _under(path: Path, roots: Sequence[Path]) -> bool:
 
 def _local_path(ref: str, model_roots: Sequence[Path] | None) -> Path | None:
     """The directory ``ref`` names, or None when ``ref`` is not a local path."""
-    if _looks_like_path(ref):
+    if _looks_like_path(ref, model_roots):
         path = Path(ref).expanduser().resolve()
     elif model_roots:
         # A relative name that exists under a root is a path, not a hub id.

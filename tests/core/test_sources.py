@@ -182,3 +182,29 @@ def test_unknown_model_type_is_unsupported(tmp_path: Path) -> None:
 def test_supported_families_pass(family: str, tiny_dirs) -> None:
     config = check_model_dir(tiny_dirs(family))
     assert config.model_type in {"llama", "gemma3_text", "gpt2", "gpt_neox"}
+
+
+def test_load_model_cpu_defaults_and_refusals(tiny_dirs, tmp_path: Path) -> None:
+    import torch
+
+    from layerprune.core.loading import choose_device_map, load_model, weights_bytes
+
+    src = tiny_dirs("llama")
+    model, tokenizer = load_model(src)
+    assert not model.training and model.dtype == torch.float32 and model.device.type == "cpu"
+    assert tokenizer is not None and tokenizer("hi").input_ids
+    model, _ = load_model(src, dtype=torch.bfloat16)
+    assert model.dtype == torch.bfloat16
+    assert weights_bytes(src, torch.bfloat16) * 2 == weights_bytes(src, torch.float32)
+    assert choose_device_map(src, torch.device("cpu"), torch.float32) is None
+    # A directory without a tokenizer still loads (pruning by position needs none).
+    bare = _copy(src, tmp_path / "bare")
+    for f in bare.glob("tokenizer*"):
+        f.unlink()
+    assert load_model(bare)[1] is None
+    # load_model applies the same refusals as check_model_dir: never remote code.
+    cfg = json.loads((bare / "config.json").read_text())
+    cfg["auto_map"] = {"AutoModelForCausalLM": "modeling_x.XForCausalLM"}
+    (bare / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(RemoteCodeRefusedError):
+        load_model(bare)
