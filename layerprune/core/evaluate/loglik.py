@@ -1,0 +1,246 @@
+"""Batched log-likelihood of continuations given contexts, scored as lm-evaluation-harness's HF backend.
+
+Encoding follows lm-eval 0.4 (``api/model.py::_encode_pair``, ``HFLM.tok_encode``,
+``HFLM._loglikelihood_tokens``):
+
+* trailing whitespace of the context moves to the front of the continuation;
+* ``whole = encode(context + continuation)``, ``ctx = encode(context)``, the continuation's tokens
+  are ``whole[len(ctx):]`` (so a token that merges across the boundary counts for the context);
+* ``encode`` uses the tokenizer's own special-token default (BOS only if the tokenizer adds one),
+  except that a string already starting with the BOS text gets none added;
+* an empty context becomes the prefix token (BOS, else EOS);
+* the model input is ``(ctx + cont)[-(max_length + 1):][:-1]`` and the continuation is scored on the
+  last ``len(cont)`` positions: the sum of log-softmax of its tokens.
+
+Speed, without changing what is computed: the requests of one document share their leading input
+tokens (the context, for all tasks but WinoGrande, where it is the sentence up to the blank). That
+common prefix runs once, and its KV cache is copied to every continuation of the document, which
+then runs only its own tokens. Documents are sorted longest first so a batch pads little, and only
+the logits of the scored positions are computed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from layerprune.core.hooks import NO_HOOKS, Hooks
+
+TOKENIZER_INFINITY = 1000000000000000019884624838656
+DEFAULT_MAX_LENGTH = 2048
+_SEQLEN_CONFIG_ATTRS = ("n_positions", "max_position_embeddings", "n_ctx")
+
+
+def model_max_length(config: Any, tokenizer: Any = None) -> int:
+    """lm-eval's ``resolve_max_length``: config positions, else the tokenizer's limit, else 2048."""
+    cfg = getattr(config, "text_config", None) or config
+    for attr in _SEQLEN_CONFIG_ATTRS:
+        value = getattr(cfg, attr, None)
+        if value is not None:
+            return int(value)
+    limit = getattr(tokenizer, "model_max_length", None)
+    if limit is not None and limit != TOKENIZER_INFINITY:
+        return int(limit)
+    return DEFAULT_MAX_LENGTH
+
+
+def prefix_token_id(tokenizer: Any) -> int:
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
+def tok_encode(tokenizer: Any, text: str) -> list[int]:
+    kwargs: dict[str, Any] = {}
+    if text.startswith(tokenizer.decode(prefix_token_id(tokenizer))):
+        kwargs["add_special_tokens"] = False
+    return list(tokenizer.encode(text, **kwargs))
+
+
+def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context tokens, continuation tokens) of one request, as lm-eval's causal HF backend makes them."""
+    if context == "":
+        cont = list(tokenizer.encode(continuation, add_special_tokens=False))
+        prefix = prefix_token_id(tokenizer)
+        return ([prefix], cont) if prefix != cont[0] else (cont[:1], cont[1:])
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces > 0:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = tok_encode(tokenizer, context + continuation)
+    ctx = tok_encode(tokenizer, context)
+    return ctx, whole[len(ctx) :]
+
+
+@dataclass
+class _Unit:
+    """Requests that share ``prefix`` (their common leading input tokens); each row runs its suffix."""
+
+    prefix: list[int]
+    rows: list[tuple[int, list[int], list[int]]] = field(default_factory=list)  # (request, suffix, targets)
+
+    @property
+    def length(self) -> int:
+        return len(self.prefix) + max(len(s) for _, s, _ in self.rows)
+
+
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    n = min(len(s) for s in seqs)
+    first = seqs[0]
+    for i in range(n):
+        t = first[i]
+        for s in seqs[1:]:
+            if s[i] != t:
+                return i
+    return n
+
+
+def _plan(items: list[tuple[list[int], list[int]]], groups: Sequence[Sequence[int]], share: bool) -> list[_Unit]:
+    units: list[_Unit] = []
+    for g in groups:
+        inps = [items[i][0] for i in g]
+        # The prefix never reaches a scored position, so every scored logit comes from the suffix pass.
+        p = min(_common_prefix(inps), min(len(items[i][0]) - len(items[i][1]) for i in g)) if share else 0
+        if p >= 1:
+            unit = _Unit(prefix=inps[0][:p])
+            for i in g:
+                unit.rows.append((i, items[i][0][p:], items[i][1]))
+            units.append(unit)
+            continue
+        for i in g:
+            inp, targets = items[i]
+            p = len(inp) - len(targets) if share else 0
+            units.append(_Unit(prefix=inp[:p], rows=[(i, inp[p:], targets)]))
+    return units
+
+
+def _batches(units: list[_Unit], batch_size: int) -> list[list[_Unit]]:
+    out: list[list[_Unit]] = []
+    cur: list[_Unit] = []
+    rows = 0
+    for u in units:
+        if cur and rows + len(u.rows) > batch_size:
+            out.append(cur)
+            cur, rows = [], 0
+        cur.append(u)
+        rows += len(u.rows)
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _cache_kwarg(model: Any) -> str:
+    # transformers 5.2x renamed ``past_key_values`` to ``cache``; accept both.
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _pad_id(model: Any) -> int:
+    pad = getattr(model.config, "pad_token_id", None)
+    return int(pad) if isinstance(pad, int) else 0
+
+
+@torch.inference_mode()
+def _run_cached(model: Any, units: list[_Unit], device: torch.device, out: list[float]) -> None:
+    pad = _pad_id(model)
+    lp = max(len(u.prefix) for u in units)
+    ids = torch.full((len(units), lp), pad, dtype=torch.long)
+    mask = torch.zeros((len(units), lp), dtype=torch.long)
+    for b, u in enumerate(units):
+        ids[b, : len(u.prefix)] = torch.tensor(u.prefix)
+        mask[b, : len(u.prefix)] = 1
+    # Prefixes are right-padded: a pad query still sees its row's real tokens, so no row is fully masked.
+    res = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True, logits_to_keep=1)
+    cache = getattr(res, "cache", None) or res.past_key_values
+    owner = [b for b, u in enumerate(units) for _ in u.rows]
+    rows = [r for u in units for r in u.rows]
+    cache.batch_select_indices(torch.tensor(owner, device=device))
+    ls = max(len(s) for _, s, _ in rows)
+    k = max(len(t) for _, _, t in rows)
+    sids = torch.full((len(rows), ls), pad, dtype=torch.long)
+    smask = torch.zeros((len(rows), ls), dtype=torch.long)
+    pos = torch.zeros((len(rows), ls), dtype=torch.long)
+    for i, (_, suffix, _) in enumerate(rows):
+        start = len(units[owner[i]].prefix)
+        s = len(suffix)
+        # Suffixes are left-padded so every row's scored positions are its last ones (logits_to_keep).
+        sids[i, ls - s :] = torch.tensor(suffix)
+        smask[i, ls - s :] = 1
+        pos[i, :] = start
+        pos[i, ls - s :] = torch.arange(start, start + s)
+    attn = torch.cat([mask[owner], smask], dim=1)
+    res = model(
+        input_ids=sids.to(device), attention_mask=attn.to(device), position_ids=pos.to(device),
+        use_cache=True, logits_to_keep=k, **{_cache_kwarg(model): cache},
+    )
+    logp = torch.log_softmax(res.logits.float(), dim=-1)
+    for i, (req, _, targets) in enumerate(rows):
+        n = len(targets)
+        tgt = torch.tensor(targets, device=logp.device).unsqueeze(-1)
+        out[req] = float(logp[i, k - n :, :].gather(-1, tgt).sum())
+
+
+@torch.inference_mode()
+def _run_plain(model: Any, units: list[_Unit], device: torch.device, out: list[float]) -> None:
+    # Whole inputs, right-padded, as lm-eval runs them: for requests with no prefix to share.
+    pad = _pad_id(model)
+    rows = [(u.prefix + s, req, t) for u in units for req, s, t in u.rows]
+    length = max(len(inp) for inp, _, _ in rows)
+    ids = torch.full((len(rows), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, (inp, _, _) in enumerate(rows):
+        ids[i, : len(inp)] = torch.tensor(inp)
+        mask[i, : len(inp)] = 1
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    for i, (inp, req, targets) in enumerate(rows):
+        n = len(targets)
+        tgt = torch.tensor(targets, device=logp.device).unsqueeze(-1)
+        out[req] = float(logp[i, len(inp) - n : len(inp), :].gather(-1, tgt).sum())
+
+
+def loglikelihoods(
+    model: Any,
+    requests: Sequence[tuple[list[int], list[int]]],
+    *,
+    groups: Sequence[Sequence[int]] | None = None,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    share_prefix: bool = True,
+    hooks: Hooks = NO_HOOKS,
+) -> list[float]:
+    """Summed log-probability of each request's continuation tokens given its context tokens.
+
+    ``requests`` are (context tokens, continuation tokens) from :func:`encode_pair`; ``groups``
+    lists the requests of each document (their common prefix runs once). ``batch_size`` counts
+    continuations per forward pass. ``share_prefix=False`` runs every request whole, as lm-eval does.
+    """
+    if max_length is None:
+        max_length = model_max_length(model.config)
+    device = next(model.parameters()).device
+    items: list[tuple[list[int], list[int]]] = []
+    for ctx, cont in requests:
+        if not cont:
+            raise ValueError("a continuation must have at least one token")
+        seq = (list(ctx) + list(cont))[-(max_length + 1) :]
+        items.append((seq[:-1], list(cont)[-max_length:]))
+    if groups is None:
+        groups = [[i] for i in range(len(items))]
+    units = _plan(items, groups, share_prefix)
+    units.sort(key=lambda u: -u.length)
+    out = [math.nan] * len(items)
+    cached = [u for u in units if u.prefix]
+    plain = [u for u in units if not u.prefix]
+    batches = [(True, b) for b in _batches(cached, batch_size)] + [(False, b) for b in _batches(plain, batch_size)]
+    done = 0
+    for with_cache, batch in batches:
+        hooks.check()
+        if with_cache:
+            _run_cached(model, batch, device, out)
+        else:
+            _run_plain(model, batch, device, out)
+        done += sum(len(u.rows) for u in batch)
+        hooks.progress(done, len(items), "scoring")
+    return out

@@ -1,0 +1,32 @@
+"""Before/after comparison of two :func:`evaluate_model` results (same settings, base vs pruned)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _delta(before: float | None, after: float | None) -> dict[str, float | None]:
+    delta = after - before if before is not None and after is not None else None
+    return {"before": before, "after": after, "delta": delta}
+
+
+def compare_results(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Deltas (after - before) for perplexity, each task's acc/acc_norm, params, size and layers.
+
+    Perplexity also gets ``ratio`` (after / before). Tasks present in only one result are left out:
+    a comparison needs both sides scored the same way.
+    """
+    out: dict[str, Any] = {"perplexity": None, "tasks": {}}
+    pb, pa = before.get("perplexity"), after.get("perplexity")
+    if pb and pa:
+        out["perplexity"] = {**_delta(pb["value"], pa["value"]), "ratio": pa["value"] / pb["value"]}
+    for task, rb in (before.get("tasks") or {}).items():
+        ra = (after.get("tasks") or {}).get(task)
+        if ra is None:
+            continue
+        out["tasks"][task] = {m: _delta(rb.get(m), ra.get(m)) for m in ("acc", "acc_norm")}
+    for key in ("params", "size_bytes", "num_layers", "generation_tokens_per_s"):
+        out[key] = _delta(before.get(key), after.get(key))
+    if before.get("params") and after.get("params"):
+        out["params"]["ratio"] = after["params"] / before["params"]
+    return out
