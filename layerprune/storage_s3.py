@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -63,8 +65,9 @@ class S3Store:
 
     def __init__(self, client: Any, bucket: str, prefix: str = "", *,
                  multipart_threshold: int = 64 * 1024 * 1024, part_bytes: int = PART_BYTES,
-                 presign_seconds: int = 300) -> None:
+                 presign_seconds: int = 300, cache_dir: Path | None = None) -> None:
         self.client = client
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.multipart_threshold = multipart_threshold
@@ -81,7 +84,7 @@ class S3Store:
             "s3", endpoint_url=settings.s3_endpoint_url or None,
             config=Config(retries={"max_attempts": 3, "mode": "standard"}, s3={"addressing_style": "path"}))
         return cls(client, bucket, prefix, multipart_threshold=settings.s3_multipart_threshold_bytes,
-                   presign_seconds=settings.s3_presign_seconds)
+                   presign_seconds=settings.s3_presign_seconds, cache_dir=settings.data_dir / "s3-cache")
 
     # -------------------------------------------------------------- keys
 
@@ -136,7 +139,49 @@ class S3Store:
         return chunks()
 
     def local_path(self, storage_key: str) -> Path | None:
-        return None  # nothing on local disk; the API streams through open() or redirects
+        """A local copy of a stored file or directory (``tenant/job_x``), or None when absent.
+
+        Workers need a directory for ``job:<id>`` model references. Published outputs never
+        change, so a copy downloaded once into ``cache_dir`` is reused; the store is still asked
+        what exists on every call, so deleted artifacts (retention) are never served from cache.
+        Without a ``cache_dir`` nothing is downloaded and the answer is None.
+        """
+        if self.cache_dir is None:
+            return None
+        key = _clean_key(storage_key)
+        rels = [k[len(key) + 1 :] for k in self.list_keys(key)]
+        target = self.cache_dir / key
+        if not rels:
+            if not self._exists(key):
+                return None
+            rels, target = [""], self.cache_dir / key
+        if target.exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
+        try:
+            for rel in rels:
+                dst = tmp / rel if rel else tmp
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                with open(dst, "wb") as fh:
+                    for chunk in self.open(f"{key}/{rel}" if rel else key):
+                        fh.write(chunk)
+            tmp.rename(target)
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and target.exists():
+                return target  # another process finished the same copy first
+            raise
+        return target
+
+    def _exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._object_key(key))
+        except ClientError:
+            return False
+        return True
 
     def delete_prefix(self, prefix: str) -> None:
         object_prefix = self._object_key(prefix) + "/"

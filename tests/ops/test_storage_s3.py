@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import socket
 from pathlib import Path
 
 import httpx
@@ -13,33 +12,6 @@ import pytest
 from layerprune.settings import Settings
 from layerprune.storage import copy_hashed, get_store
 from layerprune.storage_s3 import DiskFullError, S3Store, StorageError, parse_s3_url, storage_failure
-
-boto3 = pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.server")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    port = _free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def aws_env(monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    for var in ("AWS_PROFILE", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
-        monkeypatch.delenv(var, raising=False)
 
 
 @pytest.fixture
@@ -91,7 +63,6 @@ def test_put_get_range_delete(store, tmp_path):
     big = files["model.safetensors"]
     assert b"".join(store.open("tenant-a/job_x/model.safetensors", 10, 20)) == big[10:20]
     assert b"".join(store.open("tenant-a/job_x/model.safetensors", len(big) - 5)) == big[-5:]
-    assert store.local_path("tenant-a/job_x/config.json") is None
     with pytest.raises(FileNotFoundError):
         store.open("tenant-a/job_x/missing.bin")
     # presigned URL is a plain GET that works without credentials (still loopback: the moto server)
@@ -152,3 +123,22 @@ def test_disk_full_maps_to_disk_full(tmp_path):
     err = storage_failure(info.value)
     assert isinstance(err, DiskFullError) and err.code == "disk_full"
     assert storage_failure(OSError(errno.EIO, "io")).code == "storage_error"
+
+
+def test_local_path_downloads_a_cached_copy(store, tmp_path):
+    src = tmp_path / "out"
+    files = _make_dir(src)
+    store.put_dir(src, "tenant-a/job_model")
+    store.cache_dir = None
+    assert store.local_path("tenant-a/job_model") is None  # no cache dir: nothing downloaded
+    store.cache_dir = tmp_path / "cache"
+    local = store.local_path("tenant-a/job_model")
+    assert local == tmp_path / "cache" / "tenant-a" / "job_model" and local.is_dir()
+    for rel, data in files.items():
+        assert (local / rel).read_bytes() == data
+    assert store.local_path("tenant-a/job_model") == local  # reused
+    single = store.local_path("tenant-a/job_model/config.json")
+    assert single is not None and single.read_bytes() == files["config.json"]
+    store.delete_prefix("tenant-a/job_model")
+    assert store.local_path("tenant-a/job_model") is None  # deleted artifacts are not served from cache
+    assert store.local_path("tenant-a/never") is None
