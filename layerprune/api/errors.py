@@ -126,6 +126,10 @@ def is_database_down(exc: BaseException) -> bool:
 
 
 async def _database_handler(_request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, sa_exc.DataError):
+        # A value the database refuses to store or compare (a NUL character, say): the client's.
+        return error_response(422, "invalid_request", "the request holds a value that cannot be stored "
+                              "(for example a NUL character)")
     if is_database_down(exc):
         log.warning("database unavailable: %s", type(exc).__name__)
         return error_response(503, "database_unavailable", "the database is unavailable; retry shortly",

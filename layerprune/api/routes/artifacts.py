@@ -18,7 +18,6 @@ from sqlalchemy import select
 
 from layerprune.api.deps import SessionDep, SettingsDep, TenantDep
 from layerprune.api.errors import ApiError, not_found
-from layerprune.api.pagination import envelope
 from layerprune.api.schemas import ArtifactPublic, ArtifactsPublic, error_responses
 from layerprune.db.jobs import get_job
 from layerprune.db.models import Artifact
@@ -44,9 +43,8 @@ def list_artifacts(job_id: str, request: Request, session: SessionDep, tenant: T
     rows = _artifacts(session, tenant, job_id)
     base = str(request.base_url).rstrip("/")
     items = [ArtifactPublic.from_row(a, f"{base}/v1/jobs/{job_id}/artifacts/{quote(a.path)}") for a in rows]
-    page = envelope(items, False)
-    page["last_id"] = None  # artifacts are not paginated: every file is in data
-    return page
+    # Not paginated: every file is in data.
+    return {"object": "list", "data": items, "has_more": False, "last_id": None}
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -73,10 +71,10 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         end = int(last) if last else size - 1
     except ValueError:
         return None
-    if start < 0 or end < start:
-        return None
     if start >= size:
         raise _unsatisfiable(size)
+    if end < start:
+        return None
     return start, min(end, size - 1)
 
 
@@ -111,6 +109,8 @@ def download_artifact(
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
     if_range: Annotated[str | None, Header(alias="If-Range")] = None,
 ) -> Response:
+    if "\x00" in path or "\x00" in job_id:
+        raise not_found("artifact", param="path")
     if get_job(session, tenant, job_id) is None:
         raise not_found("job")
     art = session.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.path == path))
