@@ -37,8 +37,8 @@ SourceKind = Literal["bundled", "local", "hub", "job"]
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95})?$")
 JOB_REF = re.compile(r"^job:([A-Za-z0-9_\-]{1,128})$")
 # What a snapshot needs: weights as safetensors, config, tokenizer, generation config, template.
-HUB_PATTERNS = [
-    "*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
+HUB_SIDE_PATTERNS = [
+    "*.safetensors.index.json", "config.json", "generation_config.json",
     "tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt",
     "chat_template.*", "*.tiktoken", "spiece.model", "README.md", "LICENSE*",
 ]
@@ -54,10 +54,11 @@ class ModelSource:
     local_dir: Path
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
     license: str | None = None
+    commit: str | None = None  # the hub commit a revision resolved to (hub sources only)
 
     def to_dict(self) -> dict[str, Any]:
         return {"ref": self.ref, "revision": self.revision, "kind": self.kind, "local_dir": str(self.local_dir),
-                "files": dict(self.files), "license": self.license}
+                "files": dict(self.files), "license": self.license, "commit": self.commit}
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,15 +207,39 @@ def _hub_reachable(timeout: float = NETWORK_PROBE_TIMEOUT_S) -> bool:
     return bool(ok and ok[0])
 
 
-def _snapshot(repo_id: str, revision: str | None) -> Path:
+def weight_patterns(snapshot_dir: Path) -> list[str]:
+    """The safetensors files a snapshot needs: those its index names, else ``model.safetensors``.
+
+    Some repositories ship a second copy of the weights in another layout (Mistral's
+    ``consolidated.safetensors``): downloading every ``*.safetensors`` would fetch both.
+    """
+    index = snapshot_dir / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            return sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelSourceError(f"{index.name} is not a valid weight index", param="model") from exc
+    return ["model.safetensors"]
+
+
+def _download(repo_id: str, revision: str | None, local_only: bool) -> Path:
     from huggingface_hub import snapshot_download
+
+    # Two passes: config, tokenizer and weight index first, then only the weights they name.
+    side = Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_SIDE_PATTERNS,
+                                  local_files_only=local_only))
+    weights = weight_patterns(side)
+    return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_SIDE_PATTERNS + weights,
+                                  local_files_only=local_only))
+
+
+def _snapshot(repo_id: str, revision: str | None) -> Path:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     if hub_offline():
         # Offline: a copy already in the local cache is fine; anything else fails at once.
         try:
-            return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS,
-                                          local_files_only=True))
+            return _download(repo_id, revision, local_only=True)
         except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError) as exc:
             raise ModelSourceError(
                 f"cannot fetch '{repo_id}' from the Hugging Face hub: this machine is offline "
@@ -227,7 +252,7 @@ def _snapshot(repo_id: str, revision: str | None) -> Path:
             param="model",
         )
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS))
+        return _download(repo_id, revision, local_only=False)
     except HfHubHTTPError as exc:
         raise ModelSourceError(f"cannot fetch '{repo_id}' (revision {revision}): {exc}", param="model") from exc
     except (OSError, ValueError) as exc:
@@ -260,8 +285,10 @@ def resolve_model(ref: str, revision: str | None = None, *, model_roots: Sequenc
     if not local_dir.is_dir():
         raise ModelSourceError(f"model '{ref}' not found (no directory {local_dir})", param="model")
     license_ = license_ or read_license(local_dir) or _license_from_record(local_dir)
+    # A hub snapshot lives in .../snapshots/<commit sha>: the exact revision that was used.
+    commit = local_dir.name if kind == "hub" and re.fullmatch(r"[0-9a-f]{40}", local_dir.name) else None
     return ModelSource(ref=ref, revision=revision, kind=kind, local_dir=local_dir, files=hash_dir(local_dir),
-                       license=license_)
+                       license=license_, commit=commit)
 
 
 def _license_from_record(local_dir: Path) -> str | None:

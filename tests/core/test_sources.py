@@ -208,3 +208,31 @@ def test_load_model_cpu_defaults_and_refusals(tiny_dirs, tmp_path: Path) -> None
     (bare / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(RemoteCodeRefusedError):
         load_model(bare)
+
+
+def test_hub_model_already_in_the_cache_resolves_offline(tiny_dirs, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--layerprune-tests--tiny"
+    _copy(tiny_dirs("llama"), repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # where this machine's cache lives
+    source = resolve_model("layerprune-tests/tiny")
+    assert source.kind == "hub" and source.commit == commit and "model.safetensors" in source.files
+    assert source.to_dict()["commit"] == commit
+
+
+def test_weight_patterns_follow_the_index(tmp_path: Path) -> None:
+    from layerprune.core.sources import weight_patterns
+
+    assert weight_patterns(tmp_path) == ["model.safetensors"]
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"a": "model-00002-of-00002.safetensors", "b": "model-00001-of-00002.safetensors",
+                        "c": "model-00001-of-00002.safetensors"}}))
+    assert weight_patterns(tmp_path) == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    (tmp_path / "model.safetensors.index.json").write_text("{}")
+    with pytest.raises(ModelSourceError):
+        weight_patterns(tmp_path)
