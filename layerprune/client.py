@@ -369,9 +369,17 @@ class LayerPruneClient:
         return Job.from_dict(self._json("POST", f"/v1/jobs/{job_id}/cancel", retry=False))
 
     def events(self, job_id: str, after: str | None = None) -> list[Event]:
-        params = {"after": after} if after else {}
-        body = self._json("GET", f"/v1/jobs/{job_id}/events", params=params)
-        return [Event.from_dict(item) for item in _list_items(body)]
+        """Every event of the job after the cursor ``after`` (all of them without), oldest first."""
+        out: list[Event] = []
+        while True:
+            params = {"after": after} if after else {}
+            body = self._json("GET", f"/v1/jobs/{job_id}/events", params=params)
+            page = [Event.from_dict(item) for item in _list_items(body)]
+            out.extend(page)
+            has_more = isinstance(body, dict) and bool(body.get("has_more"))
+            if not page or not has_more:
+                return out
+            after = page[-1].id
 
     def stream_events(
         self, job_id: str, after: str | None = None, *, read_timeout: float = 60.0
@@ -396,6 +404,8 @@ class LayerPruneClient:
                         response.read()
                         raise LayerPruneAPIError.from_response(response)
                     for event in _parse_sse(response.iter_lines()):
+                        if event.type == "end" and not event.id:
+                            return  # the server's closing sentinel: the job is over
                         failures = 0
                         last = event.id or last
                         yield event
