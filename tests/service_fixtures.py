@@ -66,6 +66,9 @@ def _reset_caches() -> None:
         from layerprune import dispatch
 
         dispatch.configure()
+        # configure() drops the connection pool but Celery also caches a producer pool bound to
+        # the previous broker's connections: forget it too, or sends keep going to the old broker.
+        dispatch.celery_app.amqp._producer_pool = None
     except Exception:  # noqa: BLE001 - dispatch is optional for pure API tests
         pass
 
