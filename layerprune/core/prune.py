@@ -161,6 +161,8 @@ def prune_model(source_dir: Path, spec: PruneSpec, out_dir: Path, hooks: Hooks =
 
     t_start = time.monotonic()
     source_dir, out_dir = Path(source_dir), Path(out_dir)
+    if out_dir.resolve() == source_dir.resolve():
+        raise ValueError(f"prune_model: the output directory must differ from the input ({source_dir})")
     config = check_model_dir(source_dir)
     num_layers = num_layers_of(config)
     k = resolve_layer_count(spec, num_layers)

@@ -217,6 +217,9 @@ def stream_prune(src_dir: Path, out_dir: Path, removed: Sequence[int], hooks: Ho
     from layerprune.core.removal import cut_layer_config, keep_list, refuse_index_dependent_math
 
     src_dir, out_dir = Path(src_dir), Path(out_dir)
+    if out_dir.resolve() == src_dir.resolve():
+        # Writing over the input would delete the shards being read.
+        raise ValueError(f"stream_prune: the output directory must differ from the input ({src_dir})")
     config = AutoConfig.from_pretrained(src_dir, trust_remote_code=False)
     num_layers = num_layers_of(config)
     keep = keep_list(removed, num_layers)

@@ -136,6 +136,9 @@ def test_safetensors_written_by_hand_is_valid(tiny_dirs, tmp_path: Path) -> None
 
 def test_stream_errors(tiny_dirs, tmp_path: Path) -> None:
     src = tiny_dirs("llama")
+    with pytest.raises(ValueError, match="must differ"):
+        stream_prune(src, src, [1])
+    assert (src / "model.safetensors").is_file()
     for removed in ([1, 1], [LAYERS], list(range(LAYERS))):
         with pytest.raises(SpecError) as err:
             stream_prune(src, tmp_path / "bad", removed)
