@@ -40,7 +40,7 @@ class Sweeper(threading.Thread):
         super().__init__(name="layerprune-sweeper", daemon=True)
         self.settings = settings or get_settings()
         self._sf = session_factory
-        self._stop = threading.Event()
+        self._halt = threading.Event()  # not _stop: Thread has a method of that name
 
     @property
     def session_factory(self) -> Callable[[], Any]:
@@ -53,7 +53,7 @@ class Sweeper(threading.Thread):
     def run(self) -> None:
         next_dispatch = next_reap = time.monotonic()
         tick = min(self.settings.dispatch_interval_seconds, self.settings.reaper_interval_seconds, 1.0)
-        while not self._stop.wait(tick):
+        while not self._halt.wait(tick):
             now = time.monotonic()
             do_reap = now >= next_reap
             do_dispatch = now >= next_dispatch
@@ -71,7 +71,7 @@ class Sweeper(threading.Thread):
                 next_dispatch = now + self.settings.dispatch_interval_seconds
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
 
 def start_sweeper(session_factory: Callable[[], Any] | None = None, settings: Settings | None = None) -> Sweeper:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.worker import procs
@@ -48,3 +50,79 @@ def new_job(sessions, spec=None, *, tenant="t1", queue="cpu", max_attempts=2) ->
                          queue=queue, max_attempts=max_attempts)
         s.commit()
         return job.id
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory):
+    """A model root holding ``tiny`` (a saved tiny Llama)."""
+    from tests.tiny import save_tiny
+
+    root = tmp_path_factory.mktemp("models")
+    save_tiny(root / "tiny", "llama")
+    return root
+
+
+@pytest.fixture
+def private_redis():
+    r = procs.PrivateRedis()
+    r.start()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def private_pg():
+    pg = procs.PrivatePostgres()
+    pg.start()
+    yield pg
+    pg.close()
+
+
+def _service(tmp_path, database_url, broker_url, tiny_root, **extra):
+    from layerprune.db.migrate import upgrade_to_head
+    from layerprune.db.session import dispose_engines
+    from layerprune.settings import reset_settings_cache
+    from tests.worker.service import Service
+
+    saved = {k: v for k, v in os.environ.items() if k.startswith("LAYERPRUNE_")}
+    svc = Service(tmp_path, database_url, broker_url, tiny_root, extra_env=extra)
+    svc.apply_env()
+    upgrade_to_head(database_url)
+    try:
+        yield svc
+    finally:
+        svc.close()
+        dispose_engines()
+        for k in [k for k in os.environ if k.startswith("LAYERPRUNE_")]:
+            del os.environ[k]
+        os.environ.update(saved)
+        reset_settings_cache()
+        from layerprune import dispatch
+
+        dispatch.configure()
+
+
+@pytest.fixture
+def pg_redis_service(tmp_path, tiny_root, private_redis):
+    """Shared Postgres (a fresh database), a private Redis, no workers yet."""
+    if not procs.shared_pg_available():
+        pytest.skip("no Postgres on localhost:5432")
+    url = procs.create_database()
+    try:
+        yield from _service(tmp_path, url, private_redis.url, tiny_root)
+    finally:
+        procs.drop_database(url)
+
+
+@pytest.fixture
+def private_pg_service(tmp_path, tiny_root, private_pg, private_redis):
+    """A private Postgres (stoppable) and a private Redis."""
+    url = procs.create_database(private_pg.url)
+    yield from _service(tmp_path, url, private_redis.url, tiny_root, LAYERPRUNE_LEASE_SECONDS="30")
+
+
+@pytest.fixture
+def embedded_service(tmp_path, tiny_root):
+    """The embedded default: SQLite under the data dir and the filesystem:// Celery transport."""
+    (tmp_path / "data").mkdir()
+    yield from _service(tmp_path, f"sqlite:///{tmp_path / 'data' / 'layerprune.db'}", "", tiny_root)
