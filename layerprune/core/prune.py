@@ -110,7 +110,7 @@ class _Scorer:
             return
         from layerprune.core.loading import load_model
 
-        self.model = None  # drop the previous round's model before loading the next
+        self.release()  # drop the previous round's model before loading the next
         self.model, tokenizer = load_model(model_dir, device=self.device)
         self.timings["load"] = self.timings.get("load", 0.0) + time.monotonic() - t0
         if self.calibration is None:
@@ -137,6 +137,12 @@ class _Scorer:
                            hooks=self.hooks, block_size=block_size, batch_size=self.spec.calibration.batch_size)
         self.timings["score"] = self.timings.get("score", 0.0) + time.monotonic() - t0
         return out
+
+    def release(self) -> None:
+        """Free the scoring model (before healing loads its own copy, and at the end)."""
+        self.model = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def drop(self, current: list[int]) -> None:
         """Remove layers (current numbering) from the model in memory, for the next round's scores."""
@@ -216,6 +222,7 @@ def prune_model(source_dir: Path, spec: PruneSpec, out_dir: Path, hooks: Hooks =
                 gone = set(removed_total)
                 stream_prune(current_dir, round_dir, [i for i, o in enumerate(on_disk) if o in gone], hooks)
                 on_disk = [o for o in on_disk if o not in gone]
+                scorer.release()
                 t_heal = time.monotonic()
                 hooks.info(f"healing after round {r + 1}", round=r, removed=removed_orig)
                 current_dir = _healed_dir(heal_round(round_dir, r), round_dir)  # type: ignore[misc]
@@ -223,7 +230,8 @@ def prune_model(source_dir: Path, spec: PruneSpec, out_dir: Path, hooks: Hooks =
                 scorer.load(current_dir)
             elif not last:
                 scorer.drop(chosen)
-            layers = [o for j, o in enumerate(layers) if j not in set(chosen)]
+            chosen_set = set(chosen)
+            layers = [o for j, o in enumerate(layers) if j not in chosen_set]
             rounds[-1]["seconds"] = time.monotonic() - t_round
         hooks.check()
         t_write = time.monotonic()
@@ -232,7 +240,7 @@ def prune_model(source_dir: Path, spec: PruneSpec, out_dir: Path, hooks: Hooks =
         summary = stream_prune(current_dir, out_dir, [i for i, o in enumerate(on_disk) if o in gone], hooks)
         timings["write"] = time.monotonic() - t_write
     finally:
-        scorer.model = None
+        scorer.release()
         shutil.rmtree(rounds_dir, ignore_errors=True)
     hooks.progress(n_rounds, n_rounds, f"removed {len(removed_total)} of {num_layers} layers")
     timings["total"] = time.monotonic() - t_start

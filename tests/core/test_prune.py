@@ -210,3 +210,21 @@ def test_bundled_block_influence_in_memory(bundled_dir: Path, tmp_path: Path) ->
     # Layer 0 is the most important layer of this model (removing it: ppl 38,680).
     assert 0 not in result.removed_layers
     assert AutoConfig.from_pretrained(tmp_path / "out").num_hidden_layers == 28
+
+
+def test_heal_between_rounds_with_a_data_metric_reloads_the_model(tiny_dirs, tmp_path: Path) -> None:
+    healed: list[Path] = []
+
+    def heal_round(pruned: Path, round_index: int) -> Path:
+        target = tmp_path / f"healed_{round_index}"
+        shutil.copytree(pruned, target)  # identity healing: the next round scores this directory
+        healed.append(target)
+        return target
+
+    spec = PruneSpec(metric="block_influence", num_layers=3, iterative_step=2, heal_between_rounds=True,
+                     calibration=SMALL_CALIBRATION)
+    result = prune_model(tiny_dirs("mistral"), spec, tmp_path / "out", heal_round=heal_round)
+    assert len(healed) == 1 and [len(r["removed"]) for r in result.rounds] == [2, 1]
+    assert result.rounds[1]["num_layers"] == LAYERS - 2 and len(result.removed_layers) == 3
+    assert AutoConfig.from_pretrained(healed[0]).num_hidden_layers == LAYERS - 2
+    assert AutoConfig.from_pretrained(tmp_path / "out").num_hidden_layers == LAYERS - 3
