@@ -127,12 +127,21 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
 
 @pytest.fixture(scope="session")
 def live_worker(live: Live) -> Live:
-    """The same service with a worker running (started on first use, stopped with the server)."""
+    """The same service with a worker running (started on first use, stopped with the server).
+
+    It consumes only the ``cpu`` queue, so jobs that need healing (routed to ``gpu``) stay queued
+    however the tests are ordered: :func:`queued_spec` makes those, for the cancel tests.
+    """
     if live.worker is None:
-        live.worker = Proc(["worker"], live.env, live.data_dir.parent / "worker.log")
+        live.worker = Proc(["worker", "--queues", "cpu"], live.env, live.data_dir.parent / "worker.log")
     return live
 
 
 def prune_spec(live: Live, **extra: object) -> dict[str, object]:
     """A copy-only job on the tiny model: seconds of work."""
     return {"model": str(live.model_dir), "prune": {"metric": "reverse_order", "num_layers": 2}, **extra}
+
+
+def queued_spec(live: Live, **extra: object) -> dict[str, object]:
+    """A job for the ``gpu`` queue, which no test worker consumes: it stays queued until cancelled."""
+    return {**prune_spec(live), "finetune": {"method": "partial", "max_steps": 1, "batch_size": 4}, **extra}

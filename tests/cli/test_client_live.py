@@ -18,7 +18,7 @@ from layerprune.client import (
     LayerPruneAPIError,
     LayerPruneClient,
 )
-from tests.cli.conftest import KEY_A, KEY_B, REPO, Live, prune_spec
+from tests.cli.conftest import KEY_A, KEY_B, REPO, Live, prune_spec, queued_spec
 
 
 def _sha(path: Path) -> str:
@@ -38,9 +38,8 @@ class RecordingTransport(httpx.HTTPTransport):
 
 
 def test_cancel_a_queued_job(live: Live) -> None:
-    # Runs before any worker exists (the live_worker fixture starts one later), so the job stays queued.
     with LayerPruneClient(live.url, KEY_A, max_retries=1) as lp:
-        job = lp.create_job(prune_spec(live, metadata={"case": "cancel"}))
+        job = lp.create_job(queued_spec(live, metadata={"case": "cancel"}))
         assert job.id.startswith("job_") and job.status == "queued"
         cancelled = lp.cancel_job(job.id)
         assert cancelled.status == "cancelled"
@@ -54,7 +53,7 @@ def test_cancel_a_queued_job(live: Live) -> None:
 
 def test_idempotent_create_and_conflict(live: Live) -> None:
     key = f"test-{uuid.uuid4().hex}"
-    spec = prune_spec(live, metadata={"case": "idem"})
+    spec = queued_spec(live, metadata={"case": "idem"})
     with LayerPruneClient(live.url, KEY_A) as lp:
         first = lp.create_job(spec, idempotency_key=key)
         second = lp.create_job(spec, idempotency_key=key)
@@ -80,7 +79,7 @@ def test_errors_carry_status_code_and_param(live: Live) -> None:
 
 def test_other_tenants_jobs_are_404(live: Live) -> None:
     with LayerPruneClient(live.url, KEY_A) as a, LayerPruneClient(live.url, KEY_B) as b:
-        job = a.create_job(prune_spec(live, metadata={"case": "tenant"}))
+        job = a.create_job(queued_spec(live, metadata={"case": "tenant"}))
         with pytest.raises(LayerPruneAPIError) as exc:
             b.get_job(job.id)
         assert exc.value.status == 404
@@ -91,7 +90,7 @@ def test_other_tenants_jobs_are_404(live: Live) -> None:
 def test_list_pages_and_filters(live: Live) -> None:
     batch = uuid.uuid4().hex[:8]
     with LayerPruneClient(live.url, KEY_A) as lp:
-        created = [lp.create_job(prune_spec(live, metadata={"batch": batch})) for _ in range(3)]
+        created = [lp.create_job(queued_spec(live, metadata={"batch": batch})) for _ in range(3)]
         page = lp.list_jobs(metadata={"batch": batch}, limit=2)
         assert [j.id for j in page.data] == [created[2].id, created[1].id]  # newest first
         assert page.has_more and page.last_id == created[1].id
