@@ -238,6 +238,9 @@ def run_demo(args: argparse.Namespace) -> int:
             artifacts = client.artifacts(job.id)
             model_dir = data_dir / "model"
             client.download(job.id, model_dir)
+        # The whole record next to the model, for scripts and for comparing runs.
+        record = {**job.raw, "artifacts": [a.raw for a in artifacts], "job_seconds": round(job_seconds, 1)}
+        (data_dir / "job.json").write_text(json.dumps(record, indent=2))
         print(f"\njob {job.id} succeeded in {human_duration(job_seconds)}\n")
         print(summary_table(job.result or {}, [a.raw for a in artifacts]))
         size = sum(a.size_bytes for a in artifacts)
