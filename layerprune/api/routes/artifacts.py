@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Header, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import RedirectResponse, StreamingResponse
 from sqlalchemy import select
 
 from layerprune.api.deps import SessionDep, SettingsDep, TenantDep
@@ -127,6 +127,10 @@ def download_artifact(
     media = mimetypes.guess_type(art.path)[0] or "application/octet-stream"
     byte_range = parse_range(range_header, art.size_bytes)
     store = get_store(settings)
+    presign = getattr(store, "presigned_url", None)
+    if settings.s3_presign_downloads and presign is not None:
+        # Object storage serves the bytes (and any Range) itself; the URL expires in s3_presign_seconds.
+        return RedirectResponse(presign(art.storage_key, filename=art.path.rsplit("/", 1)[-1]), status_code=307)
     try:
         if byte_range is None:
             body = store.open(art.storage_key)
