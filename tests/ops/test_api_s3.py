@@ -44,6 +44,10 @@ def test_artifacts_on_s3_download_range_and_retention(service_settings, migrated
             res = p.get(link["url"], follow_redirects=False)
             assert res.status_code == 307 and res.headers["location"].startswith(s3_endpoint)
             assert httpx.get(res.headers["location"], trust_env=False).content == b"{}"
+            res = p.get(f"/v1/jobs/{job_id}/artifacts/model.safetensors", headers=headers, follow_redirects=False)
+            assert res.status_code == 307
+            ranged = httpx.get(res.headers["location"], headers={"Range": "bytes=0-9"}, trust_env=False)
+            assert ranged.status_code == 206 and ranged.content == DATA[:10]
 
         assert c.delete(f"/v1/jobs/{job_id}", headers=headers).status_code == 200
         assert store.list_keys(f"{tenant}/{job_id}") == []
