@@ -25,16 +25,16 @@ class Housekeeper(threading.Thread):
         self.session_factory = session_factory
         self.settings = settings
         self.startup = startup  # returns True once start-up work (migrate, keys) is done
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
+        self._halt.set()
         if self.is_alive():
             self.join(timeout)
 
     def run(self) -> None:
         next_dispatch = next_reap = 0.0
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             now = time.monotonic()
             try:
                 if self.startup is not None and self.startup():
@@ -54,4 +54,4 @@ class Housekeeper(threading.Thread):
                         log.warning("re-queued or failed jobs with expired leases", extra={"job_ids": reaped})
             except Exception as exc:  # noqa: BLE001 - the DB or broker is away: next tick retries
                 log.warning("housekeeping failed: %s: %s", type(exc).__name__, exc)
-            self._stop.wait(min(self.settings.dispatch_interval_seconds, self.settings.reaper_interval_seconds, 5.0))
+            self._halt.wait(min(self.settings.dispatch_interval_seconds, self.settings.reaper_interval_seconds, 5.0))

@@ -34,9 +34,18 @@ def head_revision() -> str | None:
 def _run(url: str | None, fn, *args: str) -> None:  # noqa: ANN001 - an alembic.command function
     url = database_url(url)
     cfg = alembic_config(url)
-    engine = create_engine(url, poolclass=pool.NullPool)
+    if url.startswith("sqlite"):
+        # The service's SQLite engine begins every transaction IMMEDIATE: a second process that
+        # migrates at the same time waits for the first instead of creating the tables twice.
+        from layerprune.db.session import _make_engine
+
+        engine = _make_engine(url)
+    else:
+        engine = create_engine(url, poolclass=pool.NullPool)
     try:
         with engine.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("SELECT 1")  # begins the IMMEDIATE transaction now
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK})
                 conn.commit()
