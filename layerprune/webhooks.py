@@ -336,6 +336,8 @@ def _record(session_factory: Callable[[], Any], delivery_id: str, attempt: int, 
     now = _now()
     with session_factory() as session:
         row = session.get(D, delivery_id)
+        if row is None:  # the job (and its deliveries) was deleted during the attempt
+            return "failed"
         row.last_status_code, row.last_error = result.status_code, result.error
         data: dict[str, Any] = {"delivery_id": delivery_id, "url": _redact(row.url), "event_type": row.event_type,
                                 "attempt": attempt, "status_code": result.status_code, "error": result.error}

@@ -294,3 +294,55 @@ def test_terminal_transitions_create_delivery_rows(sessions):
         rows = {r.job_id: r for r in s.scalars(select(WebhookDelivery))}
     assert [rows[i].event_type for i in ids] == ["job.succeeded", "job.failed", "job.cancelled"]
     assert all(rows[i].status == "pending" and rows[i].attempts == 0 for i in ids)
+
+
+def test_https_keeps_the_name_for_sni_and_verifies_certificates(sessions, tmp_path):
+    """The pinned connection still does TLS for the URL's host: SNI carries the name and an
+    untrusted certificate fails the attempt (here: a self-signed one on a loopback server)."""
+    import datetime as dt
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hooks.tls.test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("hooks.tls.test")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                         serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    seen_sni: list[str | None] = []
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    ctx.sni_callback = lambda sock, server_name, _ctx: seen_sni.append(server_name)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        settings = _settings(tmp_path, webhook_allowed_hosts="hooks.tls.test", webhook_max_attempts=1)
+        job_id, delivery_id = _terminal_job(sessions, f"https://hooks.tls.test:{port}/cb")
+        row = _drive(sessions, settings, delivery_id, resolve=lambda host, p: ["127.0.0.1"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert row.status == "failed" and "CERTIFICATE_VERIFY_FAILED" in (row.last_error or "")
+    assert seen_sni == ["hooks.tls.test"]
