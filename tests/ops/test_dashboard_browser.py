@@ -169,12 +169,13 @@ def test_dashboard_watches_a_job_to_done(live_server, browser, tmp_path):
             assert set_stage(s, job_id, worker, "prune", progress=0.3)
         browser.wait_for("document.querySelector('#d-status').textContent === 'running'")
         browser.wait_for("document.querySelector('#d-progress-text').textContent.startsWith('30%')")
+        browser.wait_for(f"document.querySelector('#jobs tr[data-id=\"{job_id}\"] .badge').textContent === 'running'")
         with sessions() as s:
             assert set_progress(s, job_id, worker, 0.6, event={"step": 6, "loss": 2.5},
                                 message="scoring layer 6/8")
         browser.wait_for("document.querySelector('#d-progress-text').textContent.startsWith('60%')")
         browser.wait_for("[...document.querySelectorAll('#d-events li')].some(li => "
-                         "li.textContent.includes('scoring layer 6/8'))")
+                         "li.textContent.includes('scoring layer 6/8') && li.textContent.includes('loss 2.500'))")
         browser.screenshot(tmp_path / "dashboard-running.png")
 
         out = tmp_path / "out"

@@ -125,7 +125,12 @@ async function refreshDetail() {
     if (id !== state.selected) return;
     const changed = !state.job || state.job.status !== job.status || state.job.updated_at !== job.updated_at;
     state.job = job;
-    if (changed) renderDetail();
+    if (changed) {
+      renderDetail();
+      // Keep the list's row in step with the detail (the list itself polls less often).
+      const i = state.jobs.findIndex((j) => j.id === job.id);
+      if (i >= 0) { state.jobs[i] = job; renderJobs(); }
+    }
     await refreshEvents(id);
   } catch (e) {
     if (e.status === 404) { $("#detail").hidden = true; state.selected = null; }
@@ -146,9 +151,15 @@ async function refreshEvents(id) {
 function appendEvent(evt) {
   const list = $("#d-events");
   const atBottom = list.scrollTop + list.clientHeight >= list.scrollHeight - 4;
+  const d = evt.data || {};
+  const extra = [];  // training progress: loss, throughput and ETA when the worker reports them
+  if (typeof d.loss === "number") extra.push("loss " + fmtNum(d.loss));
+  if (typeof d.tokens_per_s === "number") extra.push(fmtNum(d.tokens_per_s) + " tok/s");
+  if (typeof d.eta_s === "number") extra.push("ETA " + Math.round(d.eta_s) + " s");
   list.append(el("li", { class: evt.level, "data-type": evt.type },
     el("span", { class: "t", text: fmtTime(evt.created_at).slice(11) }),
-    el("span", { class: "ty", text: evt.type }), " " + evt.message));
+    el("span", { class: "ty", text: evt.type }), " " + evt.message,
+    el("span", { class: "muted", text: extra.length ? " · " + extra.join(" · ") : "" })));
   if (atBottom) list.scrollTop = list.scrollHeight;
 }
 
@@ -281,6 +292,7 @@ function renderMetrics(metrics) {
       el("td", { class: better, text: d === null ? "—" : (d > 0 ? "+" : "") + fmtNum(d) })));
   }
   $("#d-metrics-empty").hidden = keys.length > 0;
+  $("#d-metrics").hidden = keys.length === 0;
 }
 
 // ------------------------------------------------------------------ artifacts
