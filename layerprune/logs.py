@@ -58,8 +58,31 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+_factory_installed = False
+
+
+def install_context_factory() -> None:
+    """Copy the bound fields onto each record when it is created (in the logging thread's
+    context), so any handler — not only ours — sees job_id and tenant. Idempotent."""
+    global _factory_installed
+    if _factory_installed:
+        return
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        for key, value in _context.get().items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return record
+
+    logging.setLogRecordFactory(factory)
+    _factory_installed = True
+
+
 def configure_logging(level: str = "INFO", json_logs: bool = True) -> None:
     """Install one stderr handler on the root logger (idempotent)."""
+    install_context_factory()
     root = logging.getLogger()
     for handler in root.handlers:
         if getattr(handler, "_layerprune", False):

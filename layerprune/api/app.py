@@ -101,6 +101,14 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Tru
                    retention.router, dashboard.router):
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_spec_bytes)
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
+                           allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Range",
+                                          "If-None-Match", "If-Range", "Last-Event-ID"],
+                           expose_headers=["ETag", "Content-Range", "X-Request-ID"])
 
     @app.middleware("http")
     async def request_log(request: Request, call_next: Any) -> Any:
@@ -111,6 +119,7 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Tru
             response.headers["X-Request-ID"] = request_id
             # Never the headers: they carry the API key.
             log.info("request", extra={"method": request.method, "path": request.url.path,
+                                       "tenant": getattr(request.state, "tenant", None),
                                        "status": response.status_code,
                                        "duration_ms": round((time.monotonic() - started) * 1000, 1)})
         return response

@@ -52,6 +52,11 @@ class Housekeeper(threading.Thread):
                         reaped = reap_expired(session)
                     if reaped:
                         log.warning("re-queued or failed jobs with expired leases", extra={"job_ids": reaped})
+                    from layerprune.db.idempotency import purge_expired
+
+                    with self.session_factory() as session:
+                        purge_expired(session, self.settings.idempotency_ttl_hours)
+                        session.commit()
             except Exception as exc:  # noqa: BLE001 - the DB or broker is away: next tick retries
                 log.warning("housekeeping failed: %s: %s", type(exc).__name__, exc)
             self._halt.wait(min(self.settings.dispatch_interval_seconds, self.settings.reaper_interval_seconds, 5.0))

@@ -39,6 +39,7 @@ def _unauthorized(message: str) -> ApiError:
 
 
 def get_tenant(
+    request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
@@ -50,6 +51,7 @@ def get_tenant(
     if tenant is None:
         raise _unauthorized("invalid API key")
     bind_fields(tenant=tenant)
+    request.state.tenant = tenant  # for the request log line (sync dependencies run in a thread)
     return tenant
 
 
