@@ -15,8 +15,9 @@ Encoding follows lm-eval 0.4 (``api/model.py::_encode_pair``, ``HFLM.tok_encode`
 Speed, without changing what is computed: the requests of one document share their leading input
 tokens (the context, for all tasks but WinoGrande, where it is the sentence up to the blank). That
 common prefix runs once, and its KV cache is copied to every continuation of the document, which
-then runs only its own tokens. Documents are sorted longest first so a batch pads little, and only
-the logits of the scored positions are computed.
+then runs only its own tokens; continuations that share their whole input (MMLU's " A".." D") share
+one row. Documents are sorted longest first so a batch pads little, and only the logits of the
+scored positions are computed.
 """
 
 from __future__ import annotations
@@ -77,14 +78,26 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
 
 @dataclass
 class _Unit:
-    """Requests that share ``prefix`` (their common leading input tokens); each row runs its suffix."""
+    """Requests that share ``prefix`` (their common leading input tokens).
+
+    ``rows`` maps each distinct suffix (the rest of the input) to the requests scored on it: the
+    choices of an MMLU or BoolQ question differ only in their one target token, so they share one
+    row whose logits serve all of them.
+    """
 
     prefix: list[int]
-    rows: list[tuple[int, list[int], list[int]]] = field(default_factory=list)  # (request, suffix, targets)
+    rows: dict[tuple[int, ...], list[tuple[int, list[int]]]] = field(default_factory=dict)
+
+    def add(self, request: int, suffix: list[int], targets: list[int]) -> None:
+        self.rows.setdefault(tuple(suffix), []).append((request, targets))
 
     @property
     def length(self) -> int:
-        return len(self.prefix) + max(len(s) for _, s, _ in self.rows)
+        return len(self.prefix) + max(len(s) for s in self.rows)
+
+    @property
+    def num_requests(self) -> int:
+        return sum(len(r) for r in self.rows.values())
 
 
 def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
@@ -107,13 +120,15 @@ def _plan(items: list[tuple[list[int], list[int]]], groups: Sequence[Sequence[in
         if p >= 1:
             unit = _Unit(prefix=inps[0][:p])
             for i in g:
-                unit.rows.append((i, items[i][0][p:], items[i][1]))
+                unit.add(i, items[i][0][p:], items[i][1])
             units.append(unit)
             continue
         for i in g:
             inp, targets = items[i]
             p = len(inp) - len(targets) if share else 0
-            units.append(_Unit(prefix=inp[:p], rows=[(i, inp[p:], targets)]))
+            unit = _Unit(prefix=inp[:p])
+            unit.add(i, inp[p:], targets)
+            units.append(unit)
     return units
 
 
@@ -155,14 +170,14 @@ def _run_cached(model: Any, units: list[_Unit], device: torch.device, out: list[
     res = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True, logits_to_keep=1)
     cache = getattr(res, "cache", None) or res.past_key_values
     owner = [b for b, u in enumerate(units) for _ in u.rows]
-    rows = [r for u in units for r in u.rows]
+    rows = [(list(suffix), reqs) for u in units for suffix, reqs in u.rows.items()]
     cache.batch_select_indices(torch.tensor(owner, device=device))
-    ls = max(len(s) for _, s, _ in rows)
-    k = max(len(t) for _, _, t in rows)
+    ls = max(len(suffix) for suffix, _ in rows)
+    k = max(len(t) for _, reqs in rows for _, t in reqs)
     sids = torch.full((len(rows), ls), pad, dtype=torch.long)
     smask = torch.zeros((len(rows), ls), dtype=torch.long)
     pos = torch.zeros((len(rows), ls), dtype=torch.long)
-    for i, (_, suffix, _) in enumerate(rows):
+    for i, (suffix, _) in enumerate(rows):
         start = len(units[owner[i]].prefix)
         s = len(suffix)
         # Suffixes are left-padded so every row's scored positions are its last ones (logits_to_keep).
@@ -176,29 +191,36 @@ def _run_cached(model: Any, units: list[_Unit], device: torch.device, out: list[
         use_cache=True, logits_to_keep=k, **{_cache_kwarg(model): cache},
     )
     logp = torch.log_softmax(res.logits.float(), dim=-1)
-    for i, (req, _, targets) in enumerate(rows):
-        n = len(targets)
-        tgt = torch.tensor(targets, device=logp.device).unsqueeze(-1)
-        out[req] = float(logp[i, k - n :, :].gather(-1, tgt).sum())
+    for i, (_, reqs) in enumerate(rows):
+        for req, targets in reqs:
+            n = len(targets)
+            tgt = torch.tensor(targets, device=logp.device).unsqueeze(-1)
+            out[req] = float(logp[i, k - n :, :].gather(-1, tgt).sum())
 
 
 @torch.inference_mode()
 def _run_plain(model: Any, units: list[_Unit], device: torch.device, out: list[float]) -> None:
-    # Whole inputs, right-padded, as lm-eval runs them: for requests with no prefix to share.
+    # Whole inputs in one pass, for units with nothing to share (a single distinct input row).
+    # Left padding puts every row's scored positions last, so only those logits are computed.
     pad = _pad_id(model)
-    rows = [(u.prefix + s, req, t) for u in units for req, s, t in u.rows]
-    length = max(len(inp) for inp, _, _ in rows)
+    rows = [(u.prefix + list(s), reqs) for u in units for s, reqs in u.rows.items()]
+    length = max(len(inp) for inp, _ in rows)
+    k = max(len(t) for _, reqs in rows for _, t in reqs)
     ids = torch.full((len(rows), length), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, (inp, _, _) in enumerate(rows):
-        ids[i, : len(inp)] = torch.tensor(inp)
-        mask[i, : len(inp)] = 1
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+    pos = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, (inp, _) in enumerate(rows):
+        ids[i, length - len(inp) :] = torch.tensor(inp)
+        mask[i, length - len(inp) :] = 1
+        pos[i, length - len(inp) :] = torch.arange(len(inp))
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                   use_cache=False, logits_to_keep=k).logits
     logp = torch.log_softmax(logits.float(), dim=-1)
-    for i, (inp, req, targets) in enumerate(rows):
-        n = len(targets)
-        tgt = torch.tensor(targets, device=logp.device).unsqueeze(-1)
-        out[req] = float(logp[i, len(inp) - n : len(inp), :].gather(-1, tgt).sum())
+    for i, (_, reqs) in enumerate(rows):
+        for req, targets in reqs:
+            n = len(targets)
+            tgt = torch.tensor(targets, device=logp.device).unsqueeze(-1)
+            out[req] = float(logp[i, k - n :, :].gather(-1, tgt).sum())
 
 
 def loglikelihoods(
@@ -231,8 +253,9 @@ def loglikelihoods(
     units = _plan(items, groups, share_prefix)
     units.sort(key=lambda u: -u.length)
     out = [math.nan] * len(items)
-    cached = [u for u in units if u.prefix]
-    plain = [u for u in units if not u.prefix]
+    # Splitting pays only when a prefix serves several distinct rows.
+    cached = [u for u in units if u.prefix and len(u.rows) > 1]
+    plain = [u for u in units if not (u.prefix and len(u.rows) > 1)]
     batches = [(True, b) for b in _batches(cached, batch_size)] + [(False, b) for b in _batches(plain, batch_size)]
     done = 0
     for with_cache, batch in batches:
@@ -241,6 +264,6 @@ def loglikelihoods(
             _run_cached(model, batch, device, out)
         else:
             _run_plain(model, batch, device, out)
-        done += sum(len(u.rows) for u in batch)
+        done += sum(u.num_requests for u in batch)
         hooks.progress(done, len(items), "scoring")
     return out

@@ -1,0 +1,120 @@
+"""Examples/s of layerprune's evaluation vs lm-evaluation-harness's HF backend, same tasks/model/limit.
+
+Both run in this process on the same model object (bundled SmolLM2-135M-Instruct by default; CUDA
+bf16 when present, else CPU fp32) and the same documents (lm-eval reads them through
+core/evaluate/lm_eval_configs.py). Each task is timed end to end for both: documents, prompts,
+tokenization, scoring, metrics. lm-eval's TaskManager index is built once, outside the timings.
+Prints one JSON line: per task examples/s of each, the speed-up, both accuracies; and overall.
+
+    python bench/evaluate.py --limit 50 [--tasks arc_easy,piqa] [--batch-size 16] [--mmlu-limit 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="bundled:smollm2-135m-instruct")
+    ap.add_argument("--tasks", default="arc_easy,arc_challenge,piqa,hellaswag,openbookqa,winogrande,boolq,mmlu")
+    ap.add_argument("--limit", type=int, default=50)
+    ap.add_argument("--mmlu-limit", type=int, default=2, help="documents per MMLU subject (57 subjects)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--device", default=None)
+    args = ap.parse_args(argv)
+
+    import logging
+
+    import torch
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from layerprune.core.bundled import bundled_model_dir, is_bundled
+    from layerprune.core.device import pick_device, pick_dtype
+    from layerprune.core.evaluate.lm_eval_configs import write_lm_eval_configs
+    from layerprune.core.evaluate.multiple_choice import run_tasks
+    from layerprune.core.loading import load_model
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    model_dir = bundled_model_dir(args.model) if is_bundled(args.model) else Path(args.model)
+    device = torch.device(args.device) if args.device else pick_device()
+    model, tokenizer = load_model(model_dir, device=device, dtype=pick_dtype(device))
+    tasks = [t for t in args.tasks.split(",") if t]
+    limits = {t: (args.mmlu_limit if t == "mmlu" else args.limit) for t in tasks}
+
+    tmp = Path(tempfile.mkdtemp(prefix="lp-bench-"))
+    os.environ["HF_DATASETS_CACHE"] = str(tmp / "hf_datasets_cache")
+    lm_names = write_lm_eval_configs(tmp / "tasks", limits)
+    tm = TaskManager(include_path=str(tmp / "tasks"), include_defaults=False)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size, device=str(device))
+
+    # Warm-up, untimed: both sides' documents parsed and cached (lm-eval's json data sets built), and
+    # one forward pass, so the timings compare steady-state evaluation.
+    from layerprune.core.evaluate.loaders import load_docs
+    from layerprune.core.evaluate.tasks import GROUPS, TASKS
+
+    tm.load(list(lm_names.values()))
+    for task in tasks:
+        for leaf in GROUPS.get(task, (task,)):
+            load_docs(TASKS[leaf], limits[task])
+    run_tasks(model, tokenizer, ["arc_easy"], limit=2, batch_size=args.batch_size)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    per_task: dict[str, dict] = {}
+    total = {"examples": 0, "layerprune_s": 0.0, "lm_eval_s": 0.0}
+    for task in tasks:
+        sync()
+        t0 = time.perf_counter()
+        ours = run_tasks(model, tokenizer, [task], limit=limits[task], batch_size=args.batch_size)[task]
+        sync()
+        t1 = time.perf_counter()
+        theirs = simple_evaluate(model=lm, tasks=[lm_names[task]], task_manager=tm, num_fewshot=0,
+                                 log_samples=False, bootstrap_iters=0)["results"][lm_names[task]]
+        sync()
+        t2 = time.perf_counter()
+        n = ours["n"]
+        per_task[task] = {
+            "examples": n,
+            "layerprune_ex_per_s": round(n / (t1 - t0), 3),
+            "lm_eval_ex_per_s": round(n / (t2 - t1), 3),
+            "speedup": round((t2 - t1) / (t1 - t0), 3),
+            "acc": ours["acc"], "acc_norm": ours["acc_norm"],
+            "lm_eval_acc": theirs["acc,none"], "lm_eval_acc_norm": theirs["acc_norm,none"],
+        }
+        total["examples"] += n
+        total["layerprune_s"] += t1 - t0
+        total["lm_eval_s"] += t2 - t1
+        print(f"{task}: {per_task[task]}", file=sys.stderr, flush=True)
+    overall = {
+        "examples": total["examples"],
+        "layerprune_ex_per_s": round(total["examples"] / total["layerprune_s"], 3),
+        "lm_eval_ex_per_s": round(total["examples"] / total["lm_eval_s"], 3),
+        "speedup": round(total["lm_eval_s"] / total["layerprune_s"], 3),
+        "identical": all(v["acc"] == v["lm_eval_acc"] and v["acc_norm"] == v["lm_eval_acc_norm"]
+                         for v in per_task.values()),
+    }
+    out = {"bench": "evaluate", "model": args.model, "device": str(device), "dtype": str(pick_dtype(device)),
+           "limit": args.limit, "mmlu_limit": args.mmlu_limit, "batch_size": args.batch_size,
+           "threads": torch.get_num_threads(), "tasks": per_task, "overall": overall}
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
