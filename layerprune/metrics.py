@@ -116,7 +116,7 @@ def read_job_metrics(session: Any, now: datetime | None = None) -> list[Metric]:
     """Every DB-derived metric family, from one consistent read of the tables."""
     from sqlalchemy import func, select
 
-    from layerprune.db.models import Job, JobEvent
+    from layerprune.db.models import Job, JobEvent, WebhookDelivery
 
     now = now or datetime.now(UTC)
     jobs_by_state = GaugeMetricFamily("layerprune_jobs", "Jobs by state (all tenants)", labels=["status"])
@@ -148,6 +148,15 @@ def read_job_metrics(session: Any, now: datetime | None = None) -> list[Metric]:
             beats.add_metric([worker_id], stamp.timestamp())
     busy_workers = GaugeMetricFamily("layerprune_workers_busy", "Workers holding a live job")
     busy_workers.add_metric([], float(len(busy)))
+
+    # Deliveries are sent by threads in every API and worker process: count them where they all meet.
+    hooks = GaugeMetricFamily("layerprune_webhook_deliveries_by_status",
+                              "Webhook deliveries by status (pending|delivered|failed), all processes",
+                              labels=["status"])
+    by_status = dict(session.execute(select(WebhookDelivery.status, func.count())
+                                     .group_by(WebhookDelivery.status)).all())
+    for status in ("pending", "delivered", "failed"):
+        hooks.add_metric([status], float(by_status.get(status, 0)))
 
     waits: dict[tuple[str, ...], list[float]] = {}
     runs: dict[tuple[str, ...], list[float]] = {}
@@ -181,7 +190,7 @@ def read_job_metrics(session: Any, now: datetime | None = None) -> list[Metric]:
             open_stage[job_id] = (str(data["stage"]), created)
 
     return [
-        jobs_by_state, depth, oldest_age, beats, busy_workers,
+        jobs_by_state, depth, oldest_age, beats, busy_workers, hooks,
         _histogram("layerprune_job_queue_wait_seconds", "From creation to a worker starting it (finished jobs)",
                    ["queue"], waits),
         _histogram("layerprune_job_run_seconds", "From start to the terminal state (finished jobs)",

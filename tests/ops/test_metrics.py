@@ -33,7 +33,7 @@ def _samples(text: str) -> dict[tuple[str, tuple], float]:
 
 def _seed(sessions):
     from layerprune.db.events import add_event
-    from layerprune.db.models import Job
+    from layerprune.db.models import Job, WebhookDelivery
 
     t0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
     with sessions() as s:
@@ -50,6 +50,8 @@ def _seed(sessions):
                                     (130, "state", {"status": "succeeded"})):
             evt = add_event(s, done.id, type_, type_, data=data)
             evt.created_at = t0 + timedelta(seconds=offset)
+        s.add(WebhookDelivery(job_id=done.id, url="https://h.example/", event_type="job.succeeded",
+                              status="delivered", attempts=2))
         s.commit()
 
 
@@ -91,6 +93,8 @@ def test_metrics_text(sessions):
     assert got[("layerprune_job_stage_seconds_bucket", (("le", "15.0"), ("stage", "prune")))] == 0
     assert got[("layerprune_job_stage_seconds_bucket", (("le", "30.0"), ("stage", "prune")))] == 1
     assert got[("layerprune_webhook_deliveries_total", (("outcome", "delivered"),))] >= 1
+    assert got[("layerprune_webhook_deliveries_by_status", (("status", "delivered"),))] == 1
+    assert got[("layerprune_webhook_deliveries_by_status", (("status", "pending"),))] == 0
     assert got[("layerprune_database_up", ())] == 1
 
 
