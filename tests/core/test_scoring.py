@@ -122,9 +122,10 @@ def test_shared_prefix_ppl_equals_naive_and_runs_exactly_L_evaluations(family: s
         for h in h2:
             h.remove()
     batches = 2
-    # L evaluations per batch, each one lm_head; block calls: one captured forward (L) plus L(L−1)/2.
+    # L evaluations per batch, each one lm_head; block calls: the shared prefix (layers 0..L−2, once)
+    # plus layers i+1..L−1 for each i: L(L−1)/2.
     assert heads[0] == LAYERS * batches
-    assert calls[0] == batches * (LAYERS + LAYERS * (LAYERS - 1) // 2)
+    assert calls[0] == batches * (LAYERS - 1 + LAYERS * (LAYERS - 1) // 2)
     naive = naive_ppl_scores(model, ids, batch_size=2)
     assert shared == pytest.approx(naive, rel=1e-4)
     assert sorted(range(LAYERS), key=lambda i: shared[i]) == sorted(range(LAYERS), key=lambda i: naive[i])

@@ -45,11 +45,10 @@ class LayerCall:
 
 @dataclass
 class Captured:
-    """One forward over a batch: every block's call, its input ``x_i`` and the last block's output."""
+    """One forward over a batch: every block's call and its input ``x_i``."""
 
     calls: list[LayerCall] = field(default_factory=list)
     inputs: list[torch.Tensor] = field(default_factory=list)
-    last_output: torch.Tensor | None = None
 
 
 def layer_device(layer: nn.Module) -> torch.device:
@@ -119,21 +118,37 @@ def run_blocks(
 
 
 def capture(model: nn.Module, input_ids: torch.Tensor) -> Captured:
-    """Record every block's call and input for one batch (one forward, stopped after the blocks)."""
+    """Record every block's call and input for one batch.
+
+    Forward pre-hooks see each call before it runs; the forward stops before the last block runs,
+    because nothing downstream of x_{L−1} is needed (removing layer L−1 evaluates the head on x_{L−1}).
+    """
+    layers = find_decoder_parts(model).layers
+    last = len(layers) - 1
     result = Captured()
+    handles = []
 
-    def on_block(i: int, args: tuple[Any, ...], kwargs: dict[str, Any], output: torch.Tensor) -> None:
-        layer = find_layers[i]
-        hidden_in_kwargs = not args
-        # Keep the call's other arguments as they were (masks, position embeddings); the hidden
-        # state is stored separately so the call can be replayed with another one.
-        result.calls.append(LayerCall(layer, tuple(args), dict(kwargs), hidden_in_kwargs))
-        result.inputs.append(block_input(args, kwargs).detach())
-        if i == len(find_layers) - 1:
-            result.last_output = output.detach()
+    def make_hook(i: int):  # type: ignore[no-untyped-def]
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            # Keep the call's other arguments as they were (masks, position embeddings); the hidden
+            # state is stored separately so the call can be replayed with another one.
+            result.calls.append(LayerCall(module, tuple(args), dict(kwargs), hidden_in_kwargs=not args))
+            result.inputs.append(block_input(args, kwargs).detach())
+            if i == last:
+                raise _StopForward()
 
-    find_layers = find_decoder_parts(model).layers
-    run_blocks(model, input_ids, on_block)
+        return hook
+
+    for i, layer in enumerate(layers):
+        handles.append(layer.register_forward_pre_hook(make_hook(i), with_kwargs=True))
+    try:
+        with torch.no_grad(), autocast_for(model):
+            model(input_ids=input_ids.to(input_device(model)), use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
     return result
 
 

@@ -1,7 +1,7 @@
 """ppl: the calibration perplexity of the model with only layer i removed (lower = removed first).
 
 Shared prefix: removing layer i leaves layers 0..i−1 unchanged, so their outputs are computed once.
-One captured forward per batch stores every block's input x_i; evaluation i then runs layers
+One captured forward per batch (through layers 0..L−2) stores every block's input x_i; evaluation i then runs layers
 i+1..L−1 from x_i, then final norm + lm_head → cross-entropy. That is exactly L evaluations of
 (L−1)-layer models per batch, costing L(L−1)/2 block calls instead of L(L−1), plus L lm_heads
 (:func:`shared_prefix_cost_ratio` gives the bound). :func:`naive_ppl_scores` runs the L full
@@ -95,7 +95,7 @@ def naive_ppl_scores(model: nn.Module, calibration: torch.Tensor, *, batch_size:
 def shared_prefix_cost_ratio(model: nn.Module, seq_len: int) -> float:
     """Bound on shared-prefix time / naive time from per-token FLOPs of one block and of lm_head.
 
-    Naive: L × ((L−1)·c + h). Shared: L·c (the captured forward) + Σ_i (L−1−i)·c + L·h, where c is
+    Naive: L × ((L−1)·c + h). Shared: (L−1)·c (the prefix) + Σ_i (L−1−i)·c + L·h, where c is
     one block's cost (2·params + attention's 2·seq·hidden·2 per token) and h lm_head's (2·params).
     """
     parts = find_decoder_parts(model)
@@ -105,5 +105,5 @@ def shared_prefix_cost_ratio(model: nn.Module, seq_len: int) -> float:
     c = 2.0 * block_params + 4.0 * seq_len * hidden
     h = 2.0 * parts.lm_head.weight.numel()
     naive = num_layers * ((num_layers - 1) * c + h)
-    shared = num_layers * c + num_layers * (num_layers - 1) / 2 * c + num_layers * h
+    shared = (num_layers - 1) * c + num_layers * (num_layers - 1) / 2 * c + num_layers * h
     return shared / naive

@@ -1,0 +1,240 @@
+"""Benchmark of pruning and scoring on the bundled model (issue 2, item 6). Prints ONE JSON line.
+
+Every figure is a ratio against a baseline run in the same process (or, for memory, the same
+subprocess), so the numbers mean the same on a laptop and on CI:
+
+* streaming prune (reverse_order 25%): peak RSS above the interpreter's baseline vs 2 × the largest
+  tensor, and time vs ``shutil`` copying the same number of kept bytes (goal ≤ 1.5);
+* streamed magnitude_l2 scoring: peak RSS above baseline vs the largest tensor;
+* block_influence / angular time vs one plain forward over the same calibration set (goal ≤ 1.3);
+* ppl shared-prefix time vs the naive L full forwards, the FLOP bound sharing allows, and whether the
+  two rank layers identically (goal: within 10% of the bound);
+* taylor time vs one plain forward + backward over the same calibration set.
+
+Memory is read from /proc/self/status (VmHWM, the peak resident set) in a fresh subprocess per
+measurement, after resetting the peak once imports and setup are done (``/proc/self/clear_refs``).
+
+    python bench/prune.py [--samples 10] [--seq-len 128] [--repeats 3] [--skip-naive]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+MODEL = "bundled:smollm2-135m-instruct"
+
+
+def log(message: str) -> None:
+    # Progress on stderr: stdout carries only the one JSON line.
+    print(f"[bench/prune {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def status_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak() -> int:
+    """Reset VmHWM to the current RSS where the kernel allows it; returns the baseline in KiB."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return status_kib("VmRSS")
+    except OSError:
+        return status_kib("VmHWM")
+
+
+def largest_tensor_bytes(model_dir: Path) -> int:
+    from layerprune.core.streaming import list_tensors
+
+    entries, _ = list_tensors(model_dir)
+    return max(e.nbytes for e in entries)
+
+
+# ---- memory, one subprocess per measurement ------------------------------------------------------
+
+def child_stream_prune(model_dir: str, out_dir: str, removed: list[int]) -> dict:
+    from transformers import AutoConfig
+
+    from layerprune.core.architecture import meta_model
+    from layerprune.core.streaming import stream_prune
+
+    meta_model(AutoConfig.from_pretrained(model_dir))  # import the modeling code before the baseline
+    base = reset_peak()
+    t0 = time.perf_counter()
+    summary = stream_prune(Path(model_dir), Path(out_dir), removed)
+    seconds = time.perf_counter() - t0
+    return {"rss_above_baseline_bytes": (status_kib("VmHWM") - base) * 1024, "seconds": seconds,
+            "bytes_written": summary["bytes_written"]}
+
+
+def child_stream_magnitude(model_dir: str) -> dict:
+    from transformers import AutoConfig
+
+    from layerprune.core.architecture import meta_model
+    from layerprune.core.scoring import magnitude_scores_from_files
+
+    meta_model(AutoConfig.from_pretrained(model_dir))
+    base = reset_peak()
+    t0 = time.perf_counter()
+    magnitude_scores_from_files(Path(model_dir), 2)
+    return {"rss_above_baseline_bytes": (status_kib("VmHWM") - base) * 1024, "seconds": time.perf_counter() - t0}
+
+
+def in_subprocess(name: str, *args: object) -> dict:
+    code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import prune; "
+            f"print(json.dumps(prune.{name}(*{list(args)!r})))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def shutil_copy_seconds(src: Path, nbytes: int, tmp: Path, repeats: int) -> float:
+    """Best time to shutil-copy a file of ``nbytes`` bytes (made from the start of ``src``)."""
+    sample = tmp / "kept.bin"
+    with open(src, "rb") as fin, open(sample, "wb") as fout:
+        left = nbytes
+        while left:
+            chunk = fin.read(min(left, 16 << 20))
+            fout.write(chunk)
+            left -= len(chunk)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        shutil.copyfile(sample, tmp / "copy.bin")
+        best = min(best, time.perf_counter() - t0)
+        (tmp / "copy.bin").unlink()
+    sample.unlink()
+    return best
+
+
+# ---- speed, in this process ----------------------------------------------------------------------
+
+def best_of(repeats: int, fn) -> float:  # type: ignore[no-untyped-def]
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=10)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--skip-naive", action="store_true", help="skip the slow naive ppl baseline")
+    args = ap.parse_args()
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from layerprune.core.architecture import num_layers_of
+    from layerprune.core.bundled import bundled_model_dir
+    from layerprune.core.device import pick_device, pick_dtype
+    from layerprune.core.scoring import calibration_batches, score_layers
+    from layerprune.core.scoring.perplexity import naive_ppl_scores, shared_prefix_cost_ratio
+    from layerprune.core.spec import CalibrationSpec
+
+    model_dir = bundled_model_dir(MODEL)
+    figures: dict[str, object] = {"model": MODEL, "torch_threads": torch.get_num_threads()}
+
+    # Streaming prune: reverse_order 25% (floor(0.25 × L) last layers).
+    from transformers import AutoConfig
+
+    num_layers = num_layers_of(AutoConfig.from_pretrained(model_dir))
+    k = num_layers // 4
+    removed = list(range(num_layers - k, num_layers))
+    largest = largest_tensor_bytes(model_dir)
+    log(f"streaming prune of {removed} ({args.repeats} runs, one subprocess each)")
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        runs = [in_subprocess("child_stream_prune", str(model_dir), str(tmp / f"out{r}"), removed)
+                for r in range(args.repeats)]
+        kept = runs[0]["bytes_written"]
+        prune_s = min(r["seconds"] for r in runs)
+        rss = max(r["rss_above_baseline_bytes"] for r in runs)
+        copy_s = shutil_copy_seconds(next(iter(sorted(model_dir.glob("*.safetensors")))), kept, tmp, args.repeats)
+        mag = in_subprocess("child_stream_magnitude", str(model_dir))
+    figures["stream_prune"] = {
+        "removed": removed, "kept_bytes": kept, "largest_tensor_bytes": largest,
+        "peak_rss_above_baseline_bytes": rss, "rss_over_2x_largest_tensor": round(rss / (2 * largest), 3),
+        "seconds": round(prune_s, 4), "shutil_copy_seconds": round(copy_s, 4),
+        "time_over_shutil_copy": round(prune_s / copy_s, 3), "goal_time_ratio": 1.5,
+    }
+    figures["stream_magnitude_l2"] = {
+        "peak_rss_above_baseline_bytes": mag["rss_above_baseline_bytes"],
+        "rss_over_2x_largest_tensor": round(mag["rss_above_baseline_bytes"] / (2 * largest), 3),
+        "seconds": round(mag["seconds"], 4),
+    }
+
+    log("scoring: plain forward, block_influence, angular")
+    device = pick_device()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=pick_dtype(device)).to(device)
+    model.eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    ids = calibration_batches(tok, CalibrationSpec(num_samples=args.samples, seq_len=args.seq_len)).to(device)
+    figures["calibration"] = {"num_samples": args.samples, "seq_len": args.seq_len, "device": str(device)}
+
+    def plain_forward() -> None:
+        with torch.no_grad():
+            model(input_ids=ids, use_cache=False)
+
+    def forward_backward() -> None:
+        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    plain_forward()  # warm-up
+    fwd = best_of(args.repeats, plain_forward)
+    bi = best_of(args.repeats, lambda: score_layers(model, "block_influence", calibration=ids))
+    ang = best_of(args.repeats, lambda: score_layers(model, "angular", calibration=ids, block_size=k))
+    figures["forward_seconds"] = round(fwd, 4)
+    figures["block_influence"] = {"seconds": round(bi, 4), "over_forward": round(bi / fwd, 3), "goal": 1.3}
+    figures["angular"] = {"seconds": round(ang, 4), "over_forward": round(ang / fwd, 3), "goal": 1.3}
+
+    log("taylor vs forward + backward")
+    fb = best_of(args.repeats, forward_backward)
+    tay = best_of(args.repeats, lambda: score_layers(model, "taylor", calibration=ids))
+    figures["taylor"] = {"seconds": round(tay, 4), "forward_backward_seconds": round(fb, 4),
+                         "over_forward_backward": round(tay / fb, 3), "backwards_per_batch": 1}
+
+    log("ppl shared prefix")
+    t0 = time.perf_counter()
+    shared = score_layers(model, "ppl", calibration=ids)
+    shared_s = time.perf_counter() - t0
+    bound = shared_prefix_cost_ratio(model, args.seq_len)
+    ppl: dict[str, object] = {"shared_seconds": round(shared_s, 3), "flop_bound": round(bound, 3)}
+    if not args.skip_naive:
+        log("ppl naive (L full forwards)")
+        t0 = time.perf_counter()
+        naive = naive_ppl_scores(model, ids)
+        naive_s = time.perf_counter() - t0
+        rank = sorted(range(num_layers), key=lambda i: shared[i])  # type: ignore[arg-type, return-value]
+        naive_rank = sorted(range(num_layers), key=lambda i: naive[i])
+        ppl.update({
+            "naive_seconds": round(naive_s, 3), "shared_over_naive": round(shared_s / naive_s, 3),
+            "over_bound": round(shared_s / naive_s / bound, 3), "goal_over_bound": 1.1,
+            "identical_ranking": rank == naive_rank,
+            "max_rel_diff": max(abs(a - b) / b for a, b in zip(shared, naive, strict=True)),  # type: ignore[operator]
+        })
+    figures["ppl"] = ppl
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
