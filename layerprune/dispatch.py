@@ -88,6 +88,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {TASK_NAME: {"queue": "gpu"}},
         "task_publish_retry_policy": _PUBLISH_RETRY_POLICY,
         "worker_hijack_root_logger": False,
+        # A broker outage must not abort an hour of GPU work: the job's truth is in the database,
+        # and the running attempt still finishes and records its result there.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_send_task_events": False,
         "broker_heartbeat": 0,
     }

@@ -25,9 +25,9 @@ FAST_FINETUNE = {"method": "partial", "max_steps": 2, "batch_size": 2, "micro_ba
                  "max_seq_len": 256, "warmup_steps": 0, "checkpoint_every": 1}
 
 
-def slow_finetune(steps: int = 150) -> dict[str, Any]:
-    """A heal long enough (~1 s per 20 steps here) to be interrupted mid-way, checkpointing often."""
-    return {**FAST_FINETUNE, "max_steps": steps, "checkpoint_every": 10}
+def slow_finetune(steps: int = 60) -> dict[str, Any]:
+    """A heal long enough to be interrupted mid-way (tens of ms a step here), checkpointing often."""
+    return {**FAST_FINETUNE, "max_steps": steps, "checkpoint_every": 5}
 
 
 @dataclass
@@ -86,6 +86,12 @@ class Service:
             env=env, cwd=procs.REPO, stdout=self._api_log, stderr=subprocess.STDOUT, start_new_session=True)
         procs.wait_for(lambda: procs.port_open(self.api_port), 60, what="the API")
         return f"http://127.0.0.1:{self.api_port}"
+
+    def worker_of(self, job_id: str) -> procs.WorkerProcess:
+        """The worker process whose job child (pid in ``worker_id``) runs ``job_id``."""
+        child_pid = int(self.job(job_id).worker_id.split(":")[1])
+        group = os.getpgid(child_pid)
+        return next(w for w in self.workers if w.proc is not None and w.proc.pid == group)
 
     def close(self) -> None:
         for w in self.workers:
