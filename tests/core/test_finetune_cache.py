@@ -102,11 +102,11 @@ def test_trunk_cache_round_trips_in_memory_and_on_disk(tmp_path, dtype):
     shapes = {0: (2, 3, 4), 1: (1, 5, 4)}
     values = {i: torch.randn(s).to(dtype) for i, s in shapes.items()}
     for limit in (10**9, 0):
-        cache = TrunkCache(shapes, dtype, torch.device("cpu"), tmp_path, limit)
-        assert cache.on_disk == (limit == 0)
+        cache = TrunkCache(shapes, torch.device("cpu"), tmp_path, limit)
         assert cache.get(0) is None
         for i, v in values.items():
             cache.put(i, v)
+        assert cache.on_disk == (limit == 0) and cache.dtype == dtype
         for i, v in values.items():
             got = cache.get(i)
             assert got is not None and got.dtype == dtype and torch.equal(got, v)
@@ -114,3 +114,27 @@ def test_trunk_cache_round_trips_in_memory_and_on_disk(tmp_path, dtype):
             cache.put(0, torch.zeros(1, 1, 4))
         cache.close()
     assert json.dumps(cache.nbytes)
+
+
+def test_bf16_mixed_precision_keeps_frozen_tensors_and_cache_equivalence(tmp_path, text_file):
+    # The CUDA recipe (bf16 weights, fp32 trainable master weights, autocast) run on CPU.
+    from tests.tiny import save_tiny
+
+    src = save_tiny(tmp_path / "bf16", "llama", dtype=torch.bfloat16)
+    spec = FinetuneSpec(dataset=text_file, format="text", batch_size=8, micro_batch_size=4, epochs=2, warmup_steps=0,
+                        learning_rate=1e-3, max_seq_len=48, trainable_last_layers=2)
+    seen: list[str] = []
+    from layerprune.core.hooks import Hooks
+
+    hooks = Hooks(log=lambda level, msg, data: seen.append(data.get("dtype", "")) if msg == "frozen-trunk cache" else None)
+    cached = finetune_model(src, spec, tmp_path / "out-c", tmp_path / "work-c", hooks, dtype=torch.bfloat16)
+    plain = finetune_model(src, spec.model_copy(update={"cache_trunk": False}), tmp_path / "out-p", tmp_path / "work-p",
+                           dtype=torch.bfloat16)
+    assert seen == ["torch.bfloat16"]
+    for ha, hb in zip(cached.history, plain.history, strict=True):
+        assert ha["loss"] == pytest.approx(hb["loss"], rel=REL)
+    before, after = load_file(str(src / "model.safetensors")), load_file(str(tmp_path / "out-c" / "model.safetensors"))
+    trainable = ("lm_head.", "model.norm.", "model.layers.6.", "model.layers.7.")
+    assert all(v.dtype == torch.bfloat16 for v in after.values())
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith(trainable))
+    assert all(not torch.equal(before[k], after[k]) for k in before if k.startswith(trainable) and "norm" not in k)

@@ -87,8 +87,15 @@ def _fingerprint(spec: FinetuneSpec, num_layers: int, num_train: int, trainable:
 
 
 def finetune_model(source_dir: Path, spec: FinetuneSpec, out_dir: Path, work_dir: Path, hooks: Hooks = NO_HOOKS,
-                   *, device: Any = None) -> FinetuneResult:
-    """Heal the model at ``source_dir`` per ``spec`` and write it to ``out_dir``; see the module doc."""
+                   *, device: Any = None, dtype: Any = None) -> FinetuneResult:
+    """Heal the model at ``source_dir`` per ``spec`` and write it to ``out_dir``; see the module doc.
+
+    ``dtype`` (default: core.device's choice, CUDA bf16 / CPU fp32) is the compute dtype. In bf16
+    the model is loaded in bf16, the trainable parameters are kept in fp32 (master weights: an
+    lr-1e-5 update is below bf16's resolution for most weights) and forward passes run under
+    autocast. fp16 is not used for training (it would need loss scaling): it falls back to fp32.
+    The output is saved in the source's dtype.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -115,13 +122,15 @@ def finetune_model(source_dir: Path, spec: FinetuneSpec, out_dir: Path, work_dir
     t0 = time.perf_counter()
     save_dtype = _source_dtype(source_dir)
     quantized = spec.method == "qlora"
+    compute = dtype if dtype is not None else (torch.bfloat16 if quantized else pick_dtype(device))
     if quantized:
         check_finetune_spec(spec, 0, cuda_available=device.type == "cuda")
         model = AutoModelForCausalLM.from_pretrained(source_dir, quantization_config=lora.quantization_config(),
                                                      dtype=torch.bfloat16, device_map={"": device},
                                                      trust_remote_code=False)
     else:
-        model = AutoModelForCausalLM.from_pretrained(source_dir, dtype=pick_dtype(device), trust_remote_code=False)
+        compute = torch.float32 if compute == torch.float16 else compute
+        model = AutoModelForCausalLM.from_pretrained(source_dir, dtype=compute, trust_remote_code=False)
         model.to(device)
     num_layers = len(find_decoder_parts(model).layers)
     check_finetune_spec(spec, num_layers, cuda_available=device.type == "cuda")
@@ -144,18 +153,24 @@ def finetune_model(source_dir: Path, spec: FinetuneSpec, out_dir: Path, work_dir
     else:
         model = lora.prepare_qlora(model, spec)
     named = methods.trainable_named_parameters(model)
+    autocast_dtype = None
+    if compute in (torch.bfloat16, torch.float16):
+        autocast_dtype = compute
+        for _, p in named:
+            p.data = p.data.float()
     trainable = sum(p.numel() for _, p in named)
     hooks.info(f"{spec.method}: {trainable:,} of {total_params:,} parameters trainable",
                trainable_params=trainable, total_params=total_params)
 
     outcome = train(model, plan, train_ex, val_ex, spec, work_dir, hooks, device,
                     pad_id=pad_id, fingerprint=_fingerprint(spec, num_layers, len(train_ex), [n for n, _ in named]),
-                    paged_8bit=quantized)
+                    paged_8bit=quantized, autocast_dtype=autocast_dtype)
 
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     if spec.method in ("lora", "qlora"):
-        lora.export_merged(model, out_dir, source_dir=source_dir, dtype=save_dtype, quantized=quantized)
+        lora.export_merged(model, out_dir, source_dir=source_dir, dtype=save_dtype, quantized=quantized,
+                           device=device)
     else:
         model.to(save_dtype).save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)

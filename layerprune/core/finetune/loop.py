@@ -69,28 +69,43 @@ def loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 class Forward:
     """Logits of a micro-batch, through the trunk cache when there is one."""
 
-    def __init__(self, model: nn.Module, plan: PartialPlan | None, cache: TrunkCache | None) -> None:
+    def __init__(self, model: nn.Module, plan: PartialPlan | None, cache: TrunkCache | None, hooks: Hooks,
+                 autocast_dtype: torch.dtype | None, device: torch.device) -> None:
         self.model = model
         self.plan = plan
         self.cache = cache
+        self.hooks = hooks
+        self.autocast_dtype = autocast_dtype
+        self.device = device
         self.arity = 0
         self.hits = 0
+
+    def _run(self, kwargs: dict[str, Any]) -> torch.Tensor:
+        # Mixed precision: half-precision matmuls, fp32 trainable (master) weights and loss.
+        if self.autocast_dtype is None:
+            return self.model(**kwargs).logits
+        with torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype):
+            return self.model(**kwargs).logits
 
     def __call__(self, index: int | None, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
         if self.cache is None or self.plan is None or index is None:
-            return self.model(**kwargs).logits
+            return self._run(kwargs)
         hidden = self.cache.get(index)
         if hidden is None:
             first_frozen = self.plan.frozen_layers[0] if self.plan.frozen_layers else None
             with capture_input(self.plan.cache_point) as box, record_arity(first_frozen) as arity:
-                logits = self.model(**kwargs).logits
+                logits = self._run(kwargs)
+            first = self.cache.dtype is None
             self.cache.put(index, box["hidden"])
+            if first:
+                self.hooks.info("frozen-trunk cache", bytes=self.cache.nbytes, on_disk=self.cache.on_disk,
+                                dtype=str(self.cache.dtype))
             self.arity = arity.get("arity", self.arity)
             return logits
         self.hits += 1
         with replay(self.plan.frozen_layers, self.plan.cache_point, hidden, self.arity):
-            return self.model(**kwargs).logits
+            return self._run(kwargs)
 
 
 def make_optimizer(params: list[nn.Parameter], spec: FinetuneSpec, paged_8bit: bool) -> torch.optim.Optimizer:
@@ -106,7 +121,7 @@ def _move(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, tor
 
 
 def evaluate_loss(model: nn.Module, examples: list[dict[str, list[int]]], micro_batch_size: int, pad_id: int,
-                  device: torch.device, hooks: Hooks) -> float | None:
+                  device: torch.device, hooks: Hooks, autocast_dtype: torch.dtype | None = None) -> float | None:
     """Mean target-token loss over ``examples`` (no gradients, eval mode)."""
     if not examples:
         return None
@@ -118,7 +133,8 @@ def evaluate_loss(model: nn.Module, examples: list[dict[str, list[int]]], micro_
             hooks.check()
             chunk = examples[start : start + micro_batch_size]
             batch = _move(collate(chunk, pad_id), device)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+            forward = Forward(model, None, None, hooks, autocast_dtype, device)
+            logits = forward(None, batch)
             total += float(loss_sum(logits, batch["labels"]))
             count += sum(target_count(e) for e in chunk)
     for m, flag in was_training.items():
@@ -129,7 +145,7 @@ def evaluate_loss(model: nn.Module, examples: list[dict[str, list[int]]], micro_
 def train(model: nn.Module, plan: PartialPlan | None, train_examples: list[dict[str, list[int]]],
           val_examples: list[dict[str, list[int]]], spec: FinetuneSpec, work_dir: Path, hooks: Hooks,
           device: torch.device, *, pad_id: int, fingerprint: str, paged_8bit: bool = False,
-          cache_memory_limit: int | None = None) -> TrainOutcome:
+          autocast_dtype: torch.dtype | None = None, cache_memory_limit: int | None = None) -> TrainOutcome:
     """Train ``model`` in place; resumes from the latest checkpoint in ``work_dir`` that matches."""
     from layerprune.core.finetune.trunk_cache import memory_limit_from_env
 
@@ -153,10 +169,9 @@ def train(model: nn.Module, plan: PartialPlan | None, train_examples: list[dict[
         hidden = int(text_config(model.config).hidden_size)  # type: ignore[attr-defined]
         shapes = {mb.index: (len(mb.examples), max(len(train_examples[i]["input_ids"]) for i in mb.examples), hidden)
                   for mb in mbs}
-        cache = TrunkCache(shapes, next(model.parameters()).dtype, device, work_dir,
+        cache = TrunkCache(shapes, device, work_dir,
                            memory_limit_from_env() if cache_memory_limit is None else cache_memory_limit)
-        hooks.info("frozen-trunk cache", bytes=cache.nbytes, on_disk=cache.on_disk)
-    forward = Forward(model, plan, cache)
+    forward = Forward(model, plan, cache, hooks, autocast_dtype, device)
 
     # Seed, then let a checkpoint overwrite the RNG states: a resumed run continues the same stream.
     torch.manual_seed(spec.seed)
@@ -233,7 +248,7 @@ def train(model: nn.Module, plan: PartialPlan | None, train_examples: list[dict[
         hooks.progress(done, total_steps, f"step {done}/{total_steps} loss {step_loss:.4f}")
         if done % steps_per_epoch == 0 or done == total_steps:
             t_val = time.perf_counter()
-            val_loss = evaluate_loss(model, val_examples, spec.micro_batch_size, pad_id, device, hooks)
+            val_loss = evaluate_loss(model, val_examples, spec.micro_batch_size, pad_id, device, hooks, autocast_dtype)
             set_train_mode(model, plan)
             val_history.append(val_loss)
             timings["validate"] = timings.get("validate", 0.0) + time.perf_counter() - t_val

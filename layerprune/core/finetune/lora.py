@@ -55,7 +55,8 @@ def prepare_qlora(model: nn.Module, spec: FinetuneSpec) -> nn.Module:
     return wrap_lora(model, spec)
 
 
-def export_merged(peft_model: Any, out_dir: Path, *, source_dir: Path, dtype: torch.dtype, quantized: bool) -> nn.Module:
+def export_merged(peft_model: Any, out_dir: Path, *, source_dir: Path, dtype: torch.dtype, quantized: bool,
+                  device: torch.device | None = None) -> nn.Module:
     """Save the adapter under ``out_dir/adapter`` and the merged plain model in ``out_dir``."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -64,6 +65,8 @@ def export_merged(peft_model: Any, out_dir: Path, *, source_dir: Path, dtype: to
     peft_model.save_pretrained(out_dir / ADAPTER_DIR)
     if quantized:
         base = AutoModelForCausalLM.from_pretrained(source_dir, dtype=torch.bfloat16, trust_remote_code=False)
+        if device is not None:
+            base.to(device)
         merged = PeftModel.from_pretrained(base, out_dir / ADAPTER_DIR).merge_and_unload()
     else:
         merged = peft_model.merge_and_unload()

@@ -40,30 +40,39 @@ _STORAGE = {torch.float32: (np.float32, None), torch.float16: (np.float16, None)
 class TrunkCache:
     """Hidden states at the cache point, one entry per micro-batch, of known shapes."""
 
-    def __init__(self, shapes: dict[int, tuple[int, ...]], dtype: torch.dtype, device: torch.device,
-                 work_dir: Path | None, memory_limit_bytes: int) -> None:
+    def __init__(self, shapes: dict[int, tuple[int, ...]], device: torch.device, work_dir: Path | None,
+                 memory_limit_bytes: int) -> None:
         self.shapes = shapes
-        self.dtype = dtype
         self.device = device
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        self.nbytes = sum(int(np.prod(s)) * itemsize for s in shapes.values())
+        self.work_dir = work_dir
+        self.memory_limit_bytes = memory_limit_bytes
+        # The dtype is that of the first hidden states stored (under autocast it need not be the
+        # parameters' dtype), so where the cache lives is decided on the first put.
+        self.dtype: torch.dtype | None = None
+        self.nbytes = 0
         self._mem: dict[int, torch.Tensor] = {}
         self._filled: set[int] = set()
         self.path: Path | None = None
         self._map: np.memmap | None = None
         self._offsets: dict[int, int] = {}
-        if self.nbytes > memory_limit_bytes:
-            if work_dir is None:
-                raise ValueError("a memmap trunk cache needs a work_dir")
-            work_dir.mkdir(parents=True, exist_ok=True)
-            self.path = work_dir / "trunk_cache.bin"
-            np_dtype, _ = _STORAGE[dtype]
-            offset = 0
-            for i in sorted(shapes):
-                self._offsets[i] = offset
-                offset += int(np.prod(shapes[i]))
-            # A fresh file every run: entries are refilled lazily, so a resumed run needs none.
-            self._map = np.memmap(self.path, dtype=np_dtype, mode="w+", shape=(max(offset, 1),))
+
+    def _allocate(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        self.nbytes = sum(int(np.prod(s)) * itemsize for s in self.shapes.values())
+        if self.nbytes <= self.memory_limit_bytes:
+            return
+        if self.work_dir is None:
+            raise ValueError("a memmap trunk cache needs a work_dir")
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.work_dir / "trunk_cache.bin"
+        np_dtype, _ = _STORAGE[dtype]
+        offset = 0
+        for i in sorted(self.shapes):
+            self._offsets[i] = offset
+            offset += int(np.prod(self.shapes[i]))
+        # A fresh file every run: entries are refilled lazily, so a resumed run needs none.
+        self._map = np.memmap(self.path, dtype=np_dtype, mode="w+", shape=(max(offset, 1),))
 
     @property
     def on_disk(self) -> bool:
@@ -74,6 +83,7 @@ class TrunkCache:
             return None
         if self._map is None:
             return self._mem[index]
+        assert self.dtype is not None
         start = self._offsets[index]
         n = int(np.prod(self.shapes[index]))
         raw = torch.from_numpy(np.array(self._map[start : start + n]))
@@ -84,6 +94,9 @@ class TrunkCache:
     def put(self, index: int, hidden: torch.Tensor) -> None:
         if tuple(hidden.shape) != tuple(self.shapes[index]):
             raise ValueError(f"cache entry {index}: shape {tuple(hidden.shape)} != {self.shapes[index]}")
+        if self.dtype is None:
+            self._allocate(hidden.dtype)
+        assert self.dtype is not None
         hidden = hidden.detach().to(self.dtype)
         if self._map is None:
             self._mem[index] = hidden.clone()
