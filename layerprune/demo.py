@@ -135,6 +135,19 @@ class _Process:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time of the process and its finished children (Linux /proc), None elsewhere.
+
+        A Celery worker's job runs in a child recycled after the job, so its time shows in the
+        parent's ``cutime``/``cstime`` once the job is over.
+        """
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+            return ticks / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
+
     def tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -239,7 +252,12 @@ def run_demo(args: argparse.Namespace) -> int:
             model_dir = data_dir / "model"
             client.download(job.id, model_dir)
         # The whole record next to the model, for scripts and for comparing runs.
-        record = {**job.raw, "artifacts": [a.raw for a in artifacts], "job_seconds": round(job_seconds, 1)}
+        record = {
+            **job.raw,
+            "artifacts": [a.raw for a in artifacts],
+            "job_seconds": round(job_seconds, 1),
+            "worker_cpu_seconds": worker.cpu_seconds() if worker is not None else None,
+        }
         (data_dir / "job.json").write_text(json.dumps(record, indent=2))
         print(f"\njob {job.id} succeeded in {human_duration(job_seconds)}\n")
         print(summary_table(job.result or {}, [a.raw for a in artifacts]))
@@ -248,7 +266,11 @@ def run_demo(args: argparse.Namespace) -> int:
             f"\nthe pruned, healed model ({len(artifacts)} files, {human_bytes(size)}, sha256 verified) is in\n"
             f"  {model_dir}\nload it with transformers: AutoModelForCausalLM.from_pretrained({str(model_dir)!r})"
         )
-        print(f"total time {human_duration(time.monotonic() - started)} (job {human_duration(job_seconds)})")
+        cpu = worker.cpu_seconds() if worker is not None else None
+        cpu_note = f", {cpu:.0f} CPU-seconds in the worker on {os.cpu_count()} cores" if cpu else ""
+        print(
+            f"total time {human_duration(time.monotonic() - started)} (job {human_duration(job_seconds)}{cpu_note})"
+        )
         return 0
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
