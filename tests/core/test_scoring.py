@@ -319,3 +319,14 @@ def test_bundled_model_streamed_magnitude_equals_in_memory(bundled_model, bundle
     model, _ = bundled_model
     streamed = magnitude_scores_from_files(bundled_dir, 2)
     assert streamed == pytest.approx(score_layers(model, "magnitude_l2", calibration=None), rel=1e-6)
+
+
+def test_scores_ignore_dropout_and_restore_the_training_mode() -> None:
+    model = tiny_model("gpt2")  # GPT-2 has dropout 0.1 on residuals and attention
+    model.train()
+    ids = calib(n=2, seq=12)
+    first = score_layers(model, "block_influence", calibration=ids)
+    assert model.training
+    assert score_layers(model, "block_influence", calibration=ids) == first
+    assert score_layers(model, "ppl", calibration=ids) == score_layers(model, "ppl", calibration=ids)
+    assert model.training

@@ -128,11 +128,17 @@ def score_layers(
     if calibration is None:
         raise SpecError(f"metric '{metric}' needs calibration data", param="prune.calibration")
     hooks.check()
-    if metric == "block_influence":
-        return list(scorer(model, calibration, semantics=semantics, hooks=hooks, batch_size=batch_size))
-    if metric == "angular":
-        return list(scorer(model, calibration, block_size=block_size, hooks=hooks, batch_size=batch_size))
-    return list(scorer(model, calibration, hooks=hooks, batch_size=batch_size))
+    # Scores are of the model as it will run: dropout off, whatever mode the caller left it in.
+    was_training = model.training
+    model.eval()
+    try:
+        if metric == "block_influence":
+            return list(scorer(model, calibration, semantics=semantics, hooks=hooks, batch_size=batch_size))
+        if metric == "angular":
+            return list(scorer(model, calibration, block_size=block_size, hooks=hooks, batch_size=batch_size))
+        return list(scorer(model, calibration, hooks=hooks, batch_size=batch_size))
+    finally:
+        model.train(was_training)
 
 
 def magnitude_scores_from_files(model_dir: Path, p: int, semantics: str = "paper") -> list[float]:
