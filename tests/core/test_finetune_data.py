@@ -218,3 +218,14 @@ def test_learning_rate_warms_up_linearly_then_decays_linearly_to_zero():
     assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
     assert factors[4:] == pytest.approx([1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
     assert lr_factor(0, 0, 3) == 1.0
+
+
+def test_the_public_api_imports_without_torch():
+    # The API validates finetune specs with check_finetune_spec and must not pay for torch.
+    import subprocess
+    import sys
+
+    code = ("import sys, layerprune.core.finetune as f; f.check_finetune_spec; "
+            "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]

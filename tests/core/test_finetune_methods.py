@@ -151,3 +151,19 @@ def test_lora_target_modules_that_do_not_exist_name_the_field(tmp_path, tiny_dir
     with pytest.raises(SpecError) as e:
         finetune_model(tiny_dirs("gpt2"), quick_spec(data_file, method="lora"), tmp_path / "out", tmp_path / "w")
     assert e.value.param == "finetune.lora_target_modules"
+
+
+def test_qlora_without_cuda_is_refused_naming_the_method(tmp_path, tiny_dirs, data_file):
+    from layerprune.core.errors import DeviceUnavailableError
+
+    with pytest.raises(DeviceUnavailableError) as e:
+        finetune_model(tiny_dirs("llama"), quick_spec(data_file, method="qlora"), tmp_path / "out", tmp_path / "w",
+                       device="cpu")
+    assert e.value.param == "finetune.method" and not (tmp_path / "out").exists()
+
+
+def test_too_many_trainable_layers_is_refused_before_training(tmp_path, tiny_dirs, data_file):
+    with pytest.raises(SpecError) as e:
+        finetune_model(tiny_dirs("llama"), quick_spec(data_file, trainable_last_layers=9), tmp_path / "out",
+                       tmp_path / "w")
+    assert e.value.param == "finetune.trainable_last_layers"

@@ -56,9 +56,6 @@ def check_finetune_spec(spec: FinetuneSpec, num_layers: int, *, cuda_available: 
         if not cuda_available:
             raise DeviceUnavailableError("method 'qlora' needs a CUDA GPU (4-bit bitsandbytes); none is available "
                                          "here: use 'lora' or 'partial'", param="finetune.method")
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise DeviceUnavailableError("method 'qlora' needs the bitsandbytes package on the worker",
-                                         param="finetune.method")
     if not spec.dataset.strip():
         raise SpecError("dataset must not be empty", param="finetune.dataset")
 
@@ -97,9 +94,9 @@ def finetune_model(source_dir: Path, spec: FinetuneSpec, out_dir: Path, work_dir
     The output is saved in the source's dtype.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from layerprune.core.architecture import count_params, find_decoder_parts
+    from layerprune.core.architecture import count_params, find_decoder_parts, num_layers_of
     from layerprune.core.device import pick_device, pick_dtype
     from layerprune.core.finetune import lora, methods
     from layerprune.core.finetune.data import split_validation, tokenize_examples
@@ -109,8 +106,15 @@ def finetune_model(source_dir: Path, spec: FinetuneSpec, out_dir: Path, work_dir
     if spec.method == "none":
         raise SpecError("method 'none' trains nothing", param="finetune.method")
     device = torch.device(device) if device is not None else pick_device()
+    if spec.method == "qlora":
+        check_finetune_spec(spec, 0, cuda_available=device.type == "cuda")
+        if importlib.util.find_spec("bitsandbytes") is None:  # checked here, on the worker, not by the API
+            raise DeviceUnavailableError("method 'qlora' needs the bitsandbytes package on the worker "
+                                         "(pip install layerprune[gpu])", param="finetune.method")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    # Refuse a bad layer count before reading data or weights.
+    check_finetune_spec(spec, num_layers_of(AutoConfig.from_pretrained(source_dir)), cuda_available=device.type == "cuda")
 
     tokenizer = AutoTokenizer.from_pretrained(source_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -124,7 +128,6 @@ def finetune_model(source_dir: Path, spec: FinetuneSpec, out_dir: Path, work_dir
     quantized = spec.method == "qlora"
     compute = dtype if dtype is not None else (torch.bfloat16 if quantized else pick_dtype(device))
     if quantized:
-        check_finetune_spec(spec, 0, cuda_available=device.type == "cuda")
         model = AutoModelForCausalLM.from_pretrained(source_dir, quantization_config=lora.quantization_config(),
                                                      dtype=torch.bfloat16, device_map={"": device},
                                                      trust_remote_code=False)
