@@ -156,8 +156,12 @@ async def receive_upload(request: Request, folder: Path, max_bytes: int) -> Uplo
     part_headers: dict[bytes, bytes] = {}
     current: str | None = None  # "file", a field name, or None (ignored part)
     value = bytearray()
+    received = 0
     try:
         async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_bytes + 1024 * 1024:  # the file's cap plus room for the other parts
+                raise too_large(max_bytes)
             try:
                 parser.write(chunk)
             except Exception as exc:  # noqa: BLE001 - python-multipart's parse errors

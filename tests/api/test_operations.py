@@ -129,3 +129,45 @@ def test_openapi_document_matches_the_service(client, new_tenant):
     err = client.get("/v1/jobs/job_nope", headers=h).json()
     assert set(err) == {"error"} and set(err["error"]) == {"code", "message", "param"}
     assert "Bearer" in doc["info"]["description"]
+
+
+def test_event_stream_survives_a_database_outage(service_settings, pg_url):
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from layerprune.api.app import create_app
+    from tests.api.test_events import _add_events, _parse_sse
+
+    proxy = TcpProxy(("127.0.0.1", 5432)).start()
+    db = pg_url.rsplit("/", 1)[1]
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/{db}"
+    app = create_app(service_settings.model_copy(update={"database_url": url}), start_background=False)
+    h = auth(TENANT_A_KEY)
+    chunks: list[str] = []
+    try:
+        with TestClient(app) as c:
+            job_id = c.post("/v1/jobs", json=PRUNE, headers=h).json()["id"]
+
+            def read():
+                with c.stream("GET", f"/v1/jobs/{job_id}/events", headers={**h, "Accept": "text/event-stream"}) as r:
+                    for text in r.iter_text():
+                        chunks.append(text)
+
+            reader = threading.Thread(target=read)
+            reader.start()
+            time.sleep(1.0)
+            proxy.stop()  # the API loses its database mid-stream
+            _add_events(pg_url, job_id, 2)  # the worker (direct connection) goes on
+            time.sleep(3.0)
+            assert reader.is_alive()  # the stream waits instead of failing
+            proxy.start()
+            _add_events(pg_url, job_id, 1, finish="succeeded")
+            reader.join(timeout=30)
+            assert not reader.is_alive()
+    finally:
+        proxy.stop()
+    text = "".join(chunks)
+    assert "database unavailable" in text
+    types = [e["event"] for e in _parse_sse(text)]
+    assert types.count("progress") == 3 and types[-2:] == ["state", "end"]

@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from layerprune.api.deps import SessionDep, TenantDep
-from layerprune.api.errors import not_found
+from layerprune.api.errors import is_database_down, not_found
 from layerprune.api.pagination import AfterQuery, bad_cursor, envelope
 from layerprune.api.schemas import EventPublic, EventsPublic, error_responses
 from layerprune.db.events import event_seq, list_events
@@ -24,6 +24,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["events"])
 
 POLL_SECONDS = 0.5
 KEEPALIVE_SECONDS = 15.0
+RETRY_SECONDS = 2.0
 
 
 @router.get(
@@ -77,7 +78,17 @@ async def _stream(request: Request, factory: Any, job_id: str, after_seq: int | 
     last_sent = time.monotonic()
     yield "retry: 2000\n\n"
     while True:
-        events, seqs, status = await run_in_threadpool(_poll, factory, job_id, after_seq)
+        try:
+            events, seqs, status = await run_in_threadpool(_poll, factory, job_id, after_seq)
+        except Exception as exc:  # noqa: BLE001 - the database is away: keep the stream, retry
+            if not is_database_down(exc):
+                raise
+            if await request.is_disconnected():
+                return
+            yield ": database unavailable; retrying\n\n"
+            last_sent = time.monotonic()
+            await asyncio.sleep(RETRY_SECONDS)
+            continue
         for evt, seq in zip(events, seqs, strict=True):
             payload = json.dumps(evt.model_dump(mode="json"))
             yield f"id: {evt.id}\nevent: {evt.type}\ndata: {payload}\n\n"
