@@ -22,8 +22,9 @@ Body: the Standard Webhooks envelope ``{"type": "job.succeeded"|"job.failed"|"jo
 Retry policy: attempt n (1-based) that fails with a network error, a timeout, a 429 or any status
 outside 2xx is retried after ``min(cap, base * 2 ** (n - 1))`` seconds (settings
 ``webhook_backoff_base_seconds`` = 10, ``webhook_backoff_cap_seconds`` = 3600), until
-``webhook_max_attempts`` (8) attempts were made; then the delivery is ``failed``. A target the
-SSRF guard refuses fails at once (retrying cannot help). Redirects are not followed.
+``webhook_max_attempts`` (8) attempts were made; then the delivery is ``failed``. A host that does
+not resolve is retried the same way; a target the SSRF guard refuses fails at once (retrying
+cannot help). Redirects are not followed.
 
 SSRF guard: a target host is resolved and every address must be global: loopback, private,
 link-local, shared (CGNAT), multicast, unspecified and reserved addresses are refused unless the
@@ -70,6 +71,12 @@ class WebhookTargetBlocked(LayerPruneError):  # noqa: N818 - named like the othe
     """The webhook URL points at an address the SSRF guard refuses."""
 
     code = "webhook_target_blocked"
+
+
+class WebhookHostUnresolved(WebhookTargetBlocked):
+    """The webhook host does not resolve (now): refused at creation, retried at delivery."""
+
+    code = "webhook_host_unresolved"
 
 
 # ---------------------------------------------------------------- signing
@@ -170,10 +177,10 @@ def check_target(url: str, allowed_hosts: Iterable[str], resolve: Resolver = sys
     try:
         addresses = resolve(host, port)
     except (OSError, UnicodeError) as exc:
-        raise WebhookTargetBlocked(f"webhook host {host!r} does not resolve: {exc}",
-                                   param="webhook.url") from exc
+        raise WebhookHostUnresolved(f"webhook host {host!r} does not resolve: {exc}",
+                                    param="webhook.url") from exc
     if not addresses:
-        raise WebhookTargetBlocked(f"webhook host {host!r} does not resolve", param="webhook.url")
+        raise WebhookHostUnresolved(f"webhook host {host!r} does not resolve", param="webhook.url")
     allowed = {h.strip().lower() for h in allowed_hosts}
     if host not in allowed:
         for addr in addresses:
@@ -309,7 +316,7 @@ def deliver_one(session_factory: Callable[[], Any], delivery_id: str, *, setting
         job = session.get(Job, row.job_id) if row is not None else None
         if row is None:
             return None
-        if job is None:  # the job was deleted (retention) while its delivery waited
+        if job is None:  # the job row is gone (deleted with its deliveries) since the claim
             row.status, row.last_error = "failed", "job deleted"
             session.commit()
             return "failed"
@@ -320,7 +327,8 @@ def deliver_one(session_factory: Callable[[], Any], delivery_id: str, *, setting
     try:
         target = check_target(row.url, settings.webhook_allowed_host_set, resolve)
     except WebhookTargetBlocked as exc:
-        result = AttemptResult(False, None, exc.message, retryable=False)
+        # A refused address stays refused; a name that does not resolve may resolve later (DNS hiccup).
+        result = AttemptResult(False, None, exc.message, retryable=isinstance(exc, WebhookHostUnresolved))
     else:
         headers = build_headers(hook.get("secret"), delivery_id, int(time.time()), body)
         result = post_pinned(target, headers, body, settings.webhook_timeout_seconds)

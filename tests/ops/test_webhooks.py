@@ -117,6 +117,17 @@ def test_unresolvable_host_is_refused():
         check_target("https://nowhere.invalid/", set(), resolve)
 
 
+def test_unresolvable_host_is_retried_at_delivery(sessions, tmp_path):
+    def no_dns(host, port):
+        raise OSError("Temporary failure in name resolution")
+
+    settings = _settings(tmp_path, webhook_max_attempts=2)
+    job_id, delivery_id = _terminal_job(sessions, "https://hooks.flaky-dns.test/cb")
+    row = _drive(sessions, settings, delivery_id, resolve=no_dns)
+    assert row.status == "failed" and row.attempts == 2
+    assert [e.data["outcome"] for e in _webhook_events(sessions, job_id)] == ["retry", "failed"]
+
+
 def test_validate_webhook_url_uses_settings(tmp_path):
     with pytest.raises(WebhookTargetBlocked):
         validate_webhook_url("http://127.0.0.1:9/", Settings(data_dir=tmp_path))
