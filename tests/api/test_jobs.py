@@ -208,3 +208,29 @@ def test_unknown_route_and_method_use_error_shape(client, new_tenant):
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     r = client.delete("/v1/jobs", headers=h)
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_concurrent_requests_with_one_idempotency_key_make_one_job(client, app, new_tenant):
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    _, h = new_tenant
+    hk = {**h, "Idempotency-Key": "race"}
+    results: list[tuple[int, str]] = []
+    barrier = threading.Barrier(4)
+
+    def post():
+        with TestClient(app) as c:
+            barrier.wait()
+            r = c.post("/v1/jobs", json=PRUNE, headers=hk)
+            results.append((r.status_code, r.json()["id"]))
+
+    threads = [threading.Thread(target=post) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(code for code, _ in results) == [200, 200, 200, 201]
+    assert len({job_id for _, job_id in results}) == 1
+    assert len(client.get("/v1/jobs", headers=h).json()["data"]) == 1
