@@ -89,8 +89,16 @@ def test_wikitext_format_file_restores_the_original_text(tmp_path: Path, fmt: st
 
 def test_text_sources_and_their_errors(tmp_path: Path) -> None:
     plain = tmp_path / "notes.txt"
-    plain.write_text("First paragraph.\n\nSecond   paragraph.\n")
-    assert load_perplexity_text(str(plain)) == "First paragraph.\n\nSecond paragraph."
+    plain.write_text(" = Title = \n\n First   paragraph.\n")
+    assert load_perplexity_text(str(plain)) == " = Title = \n\n First   paragraph.\n"
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("caf\xe9".encode("latin-1"))
+    with pytest.raises(DatasetError) as err:
+        load_perplexity_text(str(latin))
+    assert err.value.param == "evaluate.perplexity.dataset"
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"text": "One."}\n{"text": "Two."}\n')
+    assert load_perplexity_text(str(rows)) == "One.\n\nTwo."
     assert load_perplexity_text("bundled:wikitext-like").startswith(load_perplexity_text("bundled:wikipedia-eval")[:50])
     with pytest.raises(DatasetError) as err:
         read_wikitext(tmp_path / "missing.parquet")

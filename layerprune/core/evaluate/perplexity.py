@@ -9,9 +9,9 @@ does add one (``tokenizer("x")`` starts with ``bos_token_id``) gets it prepended
 as unscored context, since that is the input such a model was trained on; then all ``seq_len``
 tokens of the window are scored. The result records which was done (``bos``).
 
-Text sources: ``bundled:<name>`` paragraphs (joined by blank lines), a local file (``.txt``,
-``.jsonl``, ``.json``, or a WikiText ``.parquet``), or a Hugging Face data set id (its ``test``
-split) when online. Rows in WikiText's line-per-row layout are concatenated as they are, which
+Text sources: ``bundled:<name>`` paragraphs (joined by blank lines), a local file (plain text,
+e.g. WikiText's ``wiki.test.raw``, read exactly as written; ``.jsonl`` / ``.json`` rows; or a
+WikiText ``.parquet``), or a Hugging Face data set id (its ``test`` split) when online. Rows in WikiText's line-per-row layout are concatenated as they are, which
 restores the original text; other rows' texts are joined by blank lines.
 """
 
@@ -38,6 +38,15 @@ def load_perplexity_text(ref: str, *, param: str = PARAM) -> str:
     path = Path(os.path.expanduser(ref))
     if not ref.startswith("bundled:") and path.suffix.lower() == ".parquet":
         return read_wikitext(path, param=param)
+    if not ref.startswith("bundled:") and path.is_file() and path.suffix.lower() not in (".json", ".jsonl"):
+        # Plain text (e.g. WikiText's wiki.test.raw) is measured exactly as written.
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{path.name}: not UTF-8 text", param=param) from exc
+        if not text.strip():
+            raise DatasetError(f"{path.name} holds no text", param=param)
+        return text
     rows = textdata.load_rows(ref, param=param, split="test")
     if is_wikitext_rows(rows):
         return "".join(r["text"] for r in rows)
