@@ -368,7 +368,11 @@ def _record(session_factory: Callable[[], Any], delivery_id: str, attempt: int, 
         data["outcome"] = outcome
         add_event(session, row.job_id, "webhook", message, level=level, data=data)
         session.commit()
+        job_id = row.job_id
     _count_outcome(outcome)
+    log.log(logging.WARNING if outcome == "failed" else logging.INFO, "webhook %s", outcome,
+            extra={"job_id": job_id, "delivery_id": delivery_id, "attempt": attempt,
+                   "status_code": result.status_code})
     return outcome
 
 

@@ -142,3 +142,17 @@ def test_local_path_downloads_a_cached_copy(store, tmp_path):
     store.delete_prefix("tenant-a/job_model")
     assert store.local_path("tenant-a/job_model") is None  # deleted artifacts are not served from cache
     assert store.local_path("tenant-a/never") is None
+
+
+def test_republish_replaces_the_prefix(store, tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "leftover.bin").write_bytes(b"from a crashed attempt")
+    (old / "config.json").write_bytes(b"{}")
+    store.put_dir(old, "tenant-a/job_re")
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "config.json").write_bytes(b'{"v": 2}')
+    store.put_dir(new, "tenant-a/job_re")
+    assert store.list_keys("tenant-a/job_re") == ["tenant-a/job_re/config.json"]
+    assert b"".join(store.open("tenant-a/job_re/config.json")) == b'{"v": 2}'
