@@ -216,6 +216,14 @@ def test_dashboard_watches_a_job_to_done(live_server, browser, tmp_path):
     browser.screenshot(tmp_path / "dashboard-done.png")
     assert (tmp_path / "dashboard-done.png").stat().st_size > 10_000
 
+    # Perplexity-style scores spanning orders of magnitude switch the chart to a log scale.
+    browser.eval("window.layerpruneDashboard.renderChart([38680, 514, 30, 25, null, 224], [2, 3], 6)")
+    assert browser.eval("document.querySelector('#d-chart .legend').textContent.includes('log scale')")
+    assert browser.eval("document.querySelectorAll('#d-chart rect.na').length") == 1
+    heights = browser.eval("[...document.querySelectorAll('#d-chart rect.bar')].map(r => +r.getAttribute('height'))")
+    assert heights[0] > heights[1] > heights[5] > heights[2]
+    browser.eval("window.layerpruneDashboard.refreshDetail()")
+
     # A download link from the page works without the Authorization header.
     url = browser.eval(f"window.layerpruneDashboard.downloadLink('{job_id}', 'config.json')", await_promise=True)
     got = httpx.get(base + url, trust_env=False)

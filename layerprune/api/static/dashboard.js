@@ -363,5 +363,5 @@ $("#status-filter").addEventListener("change", refreshJobs);
 $("#d-cancel").addEventListener("click", cancelJob);
 $("#d-delete").addEventListener("click", deleteArtifacts);
 window.addEventListener("hashchange", () => { const id = location.hash.slice(1); if (id) select(id); });
-window.layerpruneDashboard = { downloadLink, state, refreshJobs, refreshDetail };
+window.layerpruneDashboard = { downloadLink, state, refreshJobs, refreshDetail, renderChart };
 start();
