@@ -108,9 +108,19 @@ celery_app: Celery = make_celery()
 def configure(settings: Settings | None = None) -> Celery:
     """Re-read settings into the shared ``celery_app`` (tests change the environment)."""
     settings = settings or get_settings()
-    celery_app.close()  # drop pooled connections to the previous broker
+    # Drop the pooled broker connections and the producer pool built on them: both remember the
+    # previous broker URL. (app.close() would also deregister the app, so it is not used.)
+    pool = celery_app._pool  # noqa: SLF001
+    if pool is not None:
+        try:
+            pool.force_close_all()
+        except Exception:  # noqa: BLE001 - the old broker may be gone
+            pass
+    celery_app._pool = None  # noqa: SLF001
+    amqp = celery_app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None  # noqa: SLF001
     celery_app.conf.update(celery_config(settings))
-    celery_app._pool = None  # noqa: SLF001 - Celery rebuilds it from the new broker_url
     return celery_app
 
 
