@@ -47,6 +47,9 @@ def s3_service(tmp_path, s3_endpoint, aws_env, receiver):
             del os.environ[k]
         os.environ.update(saved)
         reset_settings_cache()
+        from layerprune import dispatch
+
+        dispatch.configure()  # back to this process's own broker settings
 
 
 def test_worker_publishes_to_s3_and_calls_back(s3_service, receiver):
