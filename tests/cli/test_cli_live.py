@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -160,3 +162,20 @@ def test_files_upload_list_delete(live: Live, tmp_path: Path, capsys: pytest.Cap
     assert code == EXIT_OK and f"deleted {file_id}" in out
     code, _, err = run(capsys, live, "files", "upload", str(tmp_path / "nope.jsonl"), "--purpose", "finetune")
     assert code == EXIT_USAGE and "no such file" in err
+
+
+def test_migrate_creates_the_schema(tmp_path: Path) -> None:
+    from tests.cli.conftest import REPO, live_env
+
+    env = live_env(tmp_path / "data", tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "layerprune.cli", "migrate"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("database at revision ") and "layerprune.db" in done.stdout
+    assert (tmp_path / "data" / "layerprune.db").is_file()
