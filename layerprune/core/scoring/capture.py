@@ -21,12 +21,12 @@ from layerprune.core.architecture import find_decoder_parts, text_config
 
 
 class _StopForward(Exception):  # noqa: N818 - control flow, not an error
-    """Raised after the last block so the final norm and lm_head are not computed for nothing."""
+    """Raised once the blocks needed have run, so the final norm and lm_head are not computed for nothing."""
 
 
 @dataclass
 class LayerCall:
-    """How one block was called: its arguments with the hidden state taken out."""
+    """How one block was called; :meth:`run` replays the call with another hidden state."""
 
     layer: nn.Module
     args: tuple[Any, ...]
