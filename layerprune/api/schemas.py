@@ -60,16 +60,17 @@ class JobPublic(BaseModel):
     id: str
     object: Literal["job"] = "job"
     status: Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
-    stage: Literal["prune", "finetune", "evaluate", "export"] | None
+    # Nullable fields have a None default: FastAPI drops nulls from the documented examples.
+    stage: Literal["prune", "finetune", "evaluate", "export"] | None = None
     progress: float
     created_at: datetime
     updated_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
     cancel_requested_at: datetime | None = None
     spec: dict[str, Any] = Field(description="the spec as accepted, with defaults filled in")
-    result: dict[str, Any] | None
-    error: JobError | None
+    result: dict[str, Any] | None = None
+    error: JobError | None = None
     attempts: int
     max_attempts: int
     metadata: dict[str, Any]

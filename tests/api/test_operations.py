@@ -171,3 +171,31 @@ def test_event_stream_survives_a_database_outage(service_settings, pg_url):
     assert "database unavailable" in text
     types = [e["event"] for e in _parse_sse(text)]
     assert types.count("progress") == 3 and types[-2:] == ["state", "end"]
+
+
+def test_openapi_document_is_valid_and_responses_validate(client, new_tenant):
+    import pytest
+
+    validator_mod = pytest.importorskip("openapi_spec_validator")
+    jsonschema = pytest.importorskip("jsonschema")
+    doc = client.get("/openapi.json").json()
+    validator_mod.validate(doc)
+
+    def check(name, instance):
+        schema = {"$ref": f"#/components/schemas/{name}", "components": doc["components"]}
+        jsonschema.Draft202012Validator(schema).validate(instance)
+
+    _, h = new_tenant
+    job = client.post("/v1/jobs", json=PRUNE, headers=h).json()
+    check("JobPublic", job)
+    check("JobsPublic", client.get("/v1/jobs", headers=h).json())
+    check("EventsPublic", client.get(f"/v1/jobs/{job['id']}/events", headers=h).json())
+    check("ArtifactsPublic", client.get(f"/v1/jobs/{job['id']}/artifacts", headers=h).json())
+    f = client.post("/v1/files", files={"file": ("a.txt", b"x")}, data={"purpose": "evaluate"}, headers=h).json()
+    check("FilePublic", f)
+    check("FilesPublic", client.get("/v1/files", headers=h).json())
+    check("ErrorPublic", client.get("/v1/jobs/job_nope", headers=h).json())
+    check("ErrorPublic", client.post("/v1/jobs", json={"prune": {"ratio": 2}}, headers=h).json())
+    for schema_name in ("JobPublic", "EventPublic", "FilePublic", "ArtifactPublic"):
+        for example in doc["components"]["schemas"][schema_name]["examples"]:
+            check(schema_name, example)
