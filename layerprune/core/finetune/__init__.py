@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -170,13 +172,18 @@ def finetune_model(source_dir: Path, spec: FinetuneSpec, out_dir: Path, work_dir
                     paged_8bit=quantized, autocast_dtype=autocast_dtype)
 
     t0 = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # Written beside out_dir and renamed into place: a run killed while saving leaves no half model.
+    tmp = out_dir.parent / f".{out_dir.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     if spec.method in ("lora", "qlora"):
-        lora.export_merged(model, out_dir, source_dir=source_dir, dtype=save_dtype, quantized=quantized,
-                           device=device)
+        lora.export_merged(model, tmp, source_dir=source_dir, dtype=save_dtype, quantized=quantized, device=device)
     else:
-        model.to(save_dtype).save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
+        model.to(save_dtype).save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
     timings["save"] = time.perf_counter() - t0
     timings.update(outcome.timings)
     return FinetuneResult(

@@ -33,7 +33,13 @@ from layerprune.core.finetune.data import (
     target_count,
 )
 from layerprune.core.finetune.methods import PartialPlan, set_train_mode, trainable_named_parameters
-from layerprune.core.finetune.trunk_cache import TrunkCache, capture_input, record_arity, replay
+from layerprune.core.finetune.trunk_cache import (
+    TrunkCache,
+    capture_input,
+    memory_limit_from_env,
+    record_arity,
+    replay,
+)
 from layerprune.core.hooks import Hooks
 from layerprune.core.spec import FinetuneSpec
 
@@ -147,8 +153,6 @@ def train(model: nn.Module, plan: PartialPlan | None, train_examples: list[dict[
           device: torch.device, *, pad_id: int, fingerprint: str, paged_8bit: bool = False,
           autocast_dtype: torch.dtype | None = None, cache_memory_limit: int | None = None) -> TrainOutcome:
     """Train ``model`` in place; resumes from the latest checkpoint in ``work_dir`` that matches."""
-    from layerprune.core.finetune.trunk_cache import memory_limit_from_env
-
     timings: dict[str, float] = {}
     mbs = make_micro_batches(len(train_examples), spec.micro_batch_size, spec.seed)
     accum = spec.accumulation_steps
