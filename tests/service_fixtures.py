@@ -66,8 +66,13 @@ def _reset_caches() -> None:
         from layerprune import dispatch
 
         dispatch.configure()
-        # configure() drops the connection pool but Celery also caches a producer pool bound to
-        # the previous broker's connections: forget it too, or sends keep going to the old broker.
+        # Celery's connection and producer pools live in kombu's process-wide pool groups, keyed
+        # by broker URL and options; a pool closed for an earlier configuration would be handed
+        # out again for an equal one ("Acquire on closed pool"). Start from empty groups.
+        from kombu import pools
+
+        pools.reset()
+        dispatch.celery_app._pool = None
         dispatch.celery_app.amqp._producer_pool = None
     except Exception:  # noqa: BLE001 - dispatch is optional for pure API tests
         pass
