@@ -23,8 +23,13 @@ _SKIP_PARTS = (
     "samples",
     "windows",
     "tokens",
+    "ratio",
+    "timing",
+    "generation",
 )
-_SKIP_EXACT = ("n", "num_examples", "limit", "seq_len", "num_docs")
+_SKIP_EXACT = ("n", "num_examples", "limit", "seq_len", "num_docs", "dataset", "bos")
+# Shown in the table's first rows (layers, parameters, size), not again among the scores.
+_SHAPE_KEYS = ("num_layers", "params", "size_bytes", "num_params", "parameters")
 
 
 def human_count(n: float | int | None) -> str:
@@ -119,7 +124,7 @@ def _side_of(path: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
 
 
 def _is_score(path: tuple[str, ...]) -> bool:
-    if not path:
+    if not path or path[0] in _SHAPE_KEYS:
         return False
     for part in path:
         low = part.lower()
@@ -160,7 +165,13 @@ def metric_pairs(metrics: Mapping[str, Any] | None) -> dict[str, tuple[float | N
 
 
 def _find_pair(result: Mapping[str, Any], stems: Sequence[str]) -> tuple[Any, Any]:
+    """``(before, after)`` of a shape figure: ``<stem>_before``/``_after`` keys of the result, or
+    ``metrics.before.<stem>``/``metrics.after.<stem>`` where the evaluation measured it."""
+    metrics = result.get("metrics") if isinstance(result.get("metrics"), Mapping) else {}
     for stem in stems:
+        sides = [metrics.get(side) for side in ("before", "after")]
+        if all(isinstance(side, Mapping) and side.get(stem) is not None for side in sides):
+            return sides[0][stem], sides[1][stem]
         before = result.get(f"{stem}_before")
         after = result.get(f"{stem}_after")
         if before is not None or after is not None:
@@ -171,10 +182,16 @@ def _find_pair(result: Mapping[str, Any], stems: Sequence[str]) -> tuple[Any, An
     return None, None
 
 
+def _is_perplexity(name: str) -> bool:
+    return "perplexity" in name or name.startswith("ppl")
+
+
 def _fmt_score(name: str, value: float | None) -> str:
     if value is None:
         return "-"
-    if "perplexity" in name or name.startswith("ppl") or abs(value) >= 10:
+    if abs(value) >= 1e5:
+        return f"{value:.3g}"  # a collapsed model's perplexity: 2.49e+07, not 24925910.06
+    if _is_perplexity(name) or abs(value) >= 10:
         return f"{value:.2f}"
     return f"{value:.3f}"
 
@@ -182,10 +199,13 @@ def _fmt_score(name: str, value: float | None) -> str:
 def _change(name: str, before: float | None, after: float | None, *, relative: bool) -> str:
     if before is None or after is None:
         return ""
-    if relative:
-        return f"{100 * (after - before) / before:+.1f}%" if before else ""
-    if "perplexity" in name or name.startswith("ppl"):
-        return f"{100 * (after - before) / before:+.1f}%" if before else ""
+    if relative or _is_perplexity(name):
+        if not before:
+            return ""
+        ratio = after / before
+        if ratio >= 10 or ratio <= 0.1:
+            return f"x{ratio:.3g}"
+        return f"{100 * (ratio - 1):+.1f}%"
     return f"{after - before:+.3f}"
 
 
@@ -218,7 +238,25 @@ def summary_table(result: Mapping[str, Any], artifacts: Sequence[Mapping[str, An
             ]
         )
     text = table(["", "before", "after", "change"], rows, "lrrr")
+    sizes = _task_sizes(result.get("metrics"))
+    if sizes:
+        text += (
+            "\ntasks: zero-shot accuracy on "
+            + (f"the first {sizes.pop()} examples of each" if len(sizes) == 1 else "the examples listed")
+            + " (scored as lm-evaluation-harness scores them)"
+        )
     removed = result.get("removed_layers")
     if removed:
         text += "\nremoved layers (original numbering): " + ", ".join(str(i) for i in removed)
     return text
+
+
+def _task_sizes(metrics: Any) -> set[int]:
+    """How many examples each task was scored on (``n``), from the evaluated result."""
+    sizes: set[int] = set()
+    after = metrics.get("after") if isinstance(metrics, Mapping) else None
+    tasks = after.get("tasks") if isinstance(after, Mapping) else None
+    for scores in (tasks or {}).values():
+        if isinstance(scores, Mapping) and isinstance(scores.get("n"), int):
+            sizes.add(scores["n"])
+    return sizes
