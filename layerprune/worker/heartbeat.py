@@ -65,10 +65,14 @@ class Heartbeat(threading.Thread):
         return row.status
 
     def _stop_for(self, status: str | None) -> None:
-        if not self.stop.is_set():
+        if self.stop.is_set():
+            return
+        if status in ("succeeded", "failed", "cancelled"):
+            self.reason = status  # this worker just ended it: nothing to stop
+        else:
             self.reason = "cancelling" if status == "cancelling" else "lost"
             log.info("job %s: stopping (%s)", self.job_id, self.reason)
-            self.stop.set()
+        self.stop.set()
 
     def close(self) -> None:
         self._done.set()

@@ -211,7 +211,7 @@ class WorkerProcess:
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(15)
+                self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 pass
         self.kill(signal.SIGKILL)
