@@ -64,6 +64,10 @@ def tiny_root(tmp_path_factory):
 
 @pytest.fixture
 def private_redis():
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (needed for a private Redis)")
     r = procs.PrivateRedis()
     r.start()
     yield r
@@ -72,6 +76,10 @@ def private_redis():
 
 @pytest.fixture
 def private_pg():
+    import glob
+
+    if not glob.glob("/usr/lib/postgresql/*/bin/initdb"):
+        pytest.skip("Postgres server binaries (initdb/pg_ctl) are not installed")
     pg = procs.PrivatePostgres()
     pg.start()
     yield pg
