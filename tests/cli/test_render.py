@@ -37,7 +37,8 @@ def test_summary_table_of_the_recorded_demo() -> None:
     assert lines[0].split() == ["before", "after", "change"]
     footer = [ln for ln in lines if ln.startswith(("tasks:", "removed layers"))]
     rows = {ln.split("  ")[0].strip(): ln for ln in lines[2:] if ln not in footer}
-    assert footer[0].startswith("tasks: zero-shot accuracy on the first 20 examples of each")
+    limit = job["spec"]["evaluate"]["limit"]
+    assert footer[0].startswith(f"tasks: zero-shot accuracy on the first {limit} examples of each")
     assert rows["layers"].split()[1:] == ["30", "23", "-7"]
     assert "134.5M" in rows["parameters"]
     assert "%" in rows["size on disk"]
