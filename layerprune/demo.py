@@ -310,6 +310,12 @@ def run_demo(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted: stopping the worker and the API (a running job gets 20 s to stop)",
+            file=sys.stderr,
+        )
+        return 130
     finally:
         for proc in (worker, api):
             if proc is not None:
