@@ -35,3 +35,27 @@ def test_progress_is_rate_limited_and_weighted_by_stage(sessions):
     assert hooks.should_stop() is False
     stop.set()
     assert hooks.should_stop() is True
+
+
+def test_heartbeat_thread_extends_the_lease_and_sees_cancel_and_takeover(sessions):
+    import time
+
+    from layerprune.worker.heartbeat import Heartbeat
+
+    def run_until_stopped(job_id: str, change) -> Heartbeat:  # noqa: ANN001
+        with sessions() as s:
+            claim_job(s, job_id, "w", 1)
+            first = s.get(Job, job_id).lease_expires_at
+        beat = Heartbeat(sessions, job_id, "w", lease_s=30, interval=0.2, poll=0.1)
+        beat.start()
+        time.sleep(0.6)
+        with sessions() as s:
+            assert s.get(Job, job_id, populate_existing=True).lease_expires_at > first  # extended
+            s.execute(Job.__table__.update().where(Job.id == job_id).values(**change))
+            s.commit()
+        assert beat.stop.wait(5)
+        beat.close()
+        return beat
+
+    assert run_until_stopped(new_job(sessions), {"status": "cancelling"}).reason == "cancelling"
+    assert run_until_stopped(new_job(sessions), {"worker_id": "other"}).reason == "lost"

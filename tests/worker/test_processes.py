@@ -50,6 +50,7 @@ def test_lifecycle_prune_heal_evaluate_through_the_api(pg_redis_service, tmp_pat
     svc.wait_status(job_id, timeout=120)
     job = httpx.get(f"{base}/v1/jobs/{job_id}", headers=KEY_A, timeout=30).json()
     assert job["status"] == "succeeded", job
+    assert job["attempts"] == 1  # the heartbeat kept the (6 s) lease alive through the whole job
     res = job["result"]
     assert res["removed_layers"] == [6, 7]
     assert (res["num_layers_before"], res["num_layers_after"]) == (8, 6)
