@@ -129,11 +129,6 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Tru
     except ImportError:  # the metrics module is optional at this layer
         metrics = None  # type: ignore[assignment]
     if metrics is not None:
-        # metrics.install's /metrics handler is annotated "-> Response" under postponed annotations
-        # with Response imported locally; give the module that name so the OpenAPI build resolves it.
-        from fastapi.responses import Response as _Response
-
-        vars(metrics).setdefault("Response", _Response)
         metrics.install(app)
     return app
 
