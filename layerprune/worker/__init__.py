@@ -44,6 +44,22 @@ def _preload() -> None:
             logging.getLogger(__name__).warning("preload of %s failed: %s", name, exc)
 
 
+def _wait_for_schema(is_at_head, upgrade_to_head) -> None:  # noqa: ANN001 - db.migrate functions
+    """Bring the database to the newest schema, waiting for it while it is unreachable."""
+    import time
+
+    delay = 1.0
+    while True:
+        try:
+            if not is_at_head():
+                upgrade_to_head()
+            return
+        except Exception as exc:  # noqa: BLE001 - OperationalError while the database starts
+            logging.getLogger(__name__).warning("database not ready (%s); retrying in %.0fs", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     from layerprune.db.migrate import is_at_head, upgrade_to_head
     from layerprune.dispatch import configure
@@ -54,8 +70,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = get_settings()
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
-    if not is_at_head():
-        upgrade_to_head()
+    _wait_for_schema(is_at_head, upgrade_to_head)
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     configure(settings)
     from layerprune.db.session import session_factory
