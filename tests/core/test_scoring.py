@@ -90,7 +90,7 @@ def test_magnitude_counts_weights_and_norms_but_not_biases() -> None:
     layer = find_decoder_parts(model).layers[0]
     expected = sum(float(p.detach().abs().sum()) for n, p in layer.named_parameters() if not n.endswith("bias"))
     assert any(n.startswith("ln_") and n.endswith("weight") for n, _ in layer.named_parameters())
-    assert score_layers(model, "magnitude_l1", calibration=None)[0] == pytest.approx(expected, rel=1e-6)
+    assert score_layers(model, "magnitude_l1", calibration=None)[0] == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2"])

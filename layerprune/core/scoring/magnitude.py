@@ -11,15 +11,15 @@ tensor at a time (:func:`magnitude_scores_from_files`), without ever holding the
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from layerprune.core.architecture import find_decoder_parts, meta_model
 from layerprune.core.errors import ModelSourceError, SpecError
+from layerprune.core.streaming import TensorEntry, layer_prefix_in_files, list_tensors
 
 
 def is_scored_weight(name: str) -> bool:
@@ -31,7 +31,7 @@ def tensor_magnitude(t: torch.Tensor, p: int, semantics: str) -> float:
     """One tensor's contribution: Σ|w| (p=1), ‖W‖_F (p=2, paper) or Σw² (p=2, reference_code)."""
     t = t.detach().float()
     if p == 1:
-        return float(t.abs().sum())
+        return float(torch.linalg.vector_norm(t, ord=1))
     if p == 2:
         norm = torch.linalg.vector_norm(t)
         return float(norm * norm) if semantics == "reference_code" else float(norm)
@@ -50,15 +50,22 @@ def magnitude_scores(model: nn.Module, p: int, semantics: str = "paper") -> list
     return scores
 
 
-def _safetensors_files(model_dir: Path) -> list[Path]:
-    index = model_dir / "model.safetensors.index.json"
-    if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [model_dir / f for f in sorted(set(weight_map.values()))]
-    files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
-        raise ModelSourceError(f"no safetensors weights in {model_dir}", param="model")
-    return files
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def _read_tensor(fh: BinaryIO, entry: TensorEntry) -> torch.Tensor:
+    """One tensor read into its own buffer with plain reads: unlike an mmap (safe_open), the file's
+    pages never count towards this process's resident memory."""
+    dtype = _DTYPES.get(entry.dtype)
+    if dtype is None:
+        raise ModelSourceError(f"{entry.name}: cannot score tensors of dtype {entry.dtype}", param="model")
+    if entry.nbytes == 0:
+        return torch.empty(entry.shape, dtype=dtype)
+    buf = bytearray(entry.nbytes)
+    fh.seek(entry.begin)
+    if fh.readinto(buf) != entry.nbytes:
+        raise ModelSourceError(f"{entry.file.name} is truncated at {entry.name}", param="model")
+    return torch.frombuffer(buf, dtype=dtype).reshape(entry.shape)
 
 
 def magnitude_scores_from_files(model_dir: Path, p: int, semantics: str = "paper") -> list[float]:
@@ -66,37 +73,31 @@ def magnitude_scores_from_files(model_dir: Path, p: int, semantics: str = "paper
 
     Which keys count is taken from a meta-device copy of the model (no memory): the parameter
     names of block i, biases excluded. Buffers that old checkpoints stored (rotary ``inv_freq``)
-    are therefore ignored, as the in-memory score ignores them.
+    are therefore ignored, as the in-memory score ignores them. Peak memory is one tensor's bytes
+    plus its fp32 copy.
     """
     from transformers import AutoConfig
 
     model_dir = Path(model_dir)
     config = AutoConfig.from_pretrained(model_dir)
-    skeleton = meta_model(config)
-    parts = find_decoder_parts(skeleton)
-    prefix = parts.layers_path + "."
+    parts = find_decoder_parts(meta_model(config))
+    entries, _ = list_tensors(model_dir)
+    # The files may spell the block prefix without the outer module ("h.0." on hub GPT-2).
+    prefix = layer_prefix_in_files([e.name for e in entries], parts.layers_path + ".")
     wanted: dict[str, int] = {}
     for i, layer in enumerate(parts.layers):
         for name, _ in layer.named_parameters():
             if is_scored_weight(name):
                 wanted[f"{prefix}{i}.{name}"] = i
-    # Checkpoints saved from the bare base model lack its prefix ("layers.0." rather than
-    # "model.layers.0."): accept both spellings.
-    base = prefix.split(".", 1)[1] if prefix.count(".") > 1 else None
-    scores = [0.0] * len(parts.layers)
-    seen = 0
-    for path in _safetensors_files(model_dir):
-        with safe_open(str(path), framework="pt") as fh:
-            for key in fh.keys():
-                i = wanted.get(key)
-                if i is None and base is not None and key.startswith(base):
-                    i = wanted.get(prefix.split(".", 1)[0] + "." + key)
-                if i is None:
-                    continue
-                scores[i] += tensor_magnitude(fh.get_tensor(key), p, semantics)
-                seen += 1
-    if seen != len(wanted):
+    chosen = sorted((e for e in entries if e.name in wanted), key=lambda e: (str(e.file), e.begin))
+    if len(chosen) != len(wanted):
         raise ModelSourceError(
-            f"{model_dir}: found {seen} of the {len(wanted)} block weights in the safetensors files", param="model"
+            f"{model_dir}: found {len(chosen)} of the {len(wanted)} block weights in the safetensors files",
+            param="model",
         )
+    scores = [0.0] * len(parts.layers)
+    for path in sorted({e.file for e in chosen}):
+        with open(path, "rb") as fh:
+            for entry in (e for e in chosen if e.file == path):
+                scores[wanted[entry.name]] += tensor_magnitude(_read_tensor(fh, entry), p, semantics)
     return scores
