@@ -78,7 +78,6 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
         help="perplexity windows of 256 tokens (default %(default)s)",
     )
     p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="evaluation tasks (default %(default)s)")
-    p.add_argument("--timeout", type=float, default=3600, help="give up after this many seconds")
     p.add_argument("--print-spec", action="store_true", help="print the job spec the demo submits and exit")
 
 
