@@ -16,13 +16,12 @@ pytest.importorskip("lm_eval")
 
 from layerprune.core.evaluate.tasks import GROUPS, MMLU_SUBJECTS  # noqa: E402
 
-# Small but real: every task, MMLU with 2 documents from each of its 57 subjects.
+# Small but real: every task, MMLU with the first document of each of its 57 subjects.
 LIMITS: dict[str, int | None] = {"arc_easy": 8, "arc_challenge": 8, "piqa": 8, "hellaswag": 6, "openbookqa": 8,
-                                 "winogrande": 8, "boolq": 4, "mmlu": 2}
+                                 "winogrande": 8, "boolq": 4, "mmlu": 1}
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
 def test_identical_acc_and_acc_norm_to_lm_eval(bundled_dir: Path, tmp_path: Path, monkeypatch) -> None:
     import torch
     from lm_eval import simple_evaluate
@@ -57,7 +56,10 @@ def test_identical_acc_and_acc_norm_to_lm_eval(bundled_dir: Path, tmp_path: Path
         for metric in ("acc", "acc_norm"):
             assert ours[name][metric] == pytest.approx(theirs[key][f"{metric},none"], abs=1e-12), (name, metric)
             stderr = theirs[key][f"{metric}_stderr,none"]
-            assert ours[name][f"{metric}_stderr"] == pytest.approx(stderr, abs=1e-12), (name, metric)
+            if stderr == "N/A":  # lm-eval's answer where a subject has a single document
+                assert ours[name][f"{metric}_stderr"] is None
+            else:
+                assert ours[name][f"{metric}_stderr"] == pytest.approx(stderr, abs=1e-12), (name, metric)
     for subject in MMLU_SUBJECTS:
         for metric in ("acc", "acc_norm"):
             assert ours["mmlu"]["subtasks"][subject][metric] == theirs[f"lp_mmlu_{subject}"][f"{metric},none"]

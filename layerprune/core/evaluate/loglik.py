@@ -35,6 +35,7 @@ from layerprune.core.hooks import NO_HOOKS, Hooks
 TOKENIZER_INFINITY = 1000000000000000019884624838656
 DEFAULT_MAX_LENGTH = 2048
 _SEQLEN_CONFIG_ATTRS = ("n_positions", "max_position_embeddings", "n_ctx")
+ROWS_PER_DOCUMENT = 4  # continuation rows per document a cached batch may hold on average
 
 
 def model_max_length(config: Any, tokenizer: Any = None) -> int:
@@ -132,12 +133,13 @@ def _plan(items: list[tuple[list[int], list[int]]], groups: Sequence[Sequence[in
     return units
 
 
-def _batches(units: list[_Unit], batch_size: int) -> list[list[_Unit]]:
+def _batches(units: list[_Unit], batch_size: int, rows_per_unit_cap: int = 1) -> list[list[_Unit]]:
+    """Consecutive units, at most ``batch_size`` of them and ``batch_size * rows_per_unit_cap`` rows."""
     out: list[list[_Unit]] = []
     cur: list[_Unit] = []
     rows = 0
     for u in units:
-        if cur and rows + len(u.rows) > batch_size:
+        if cur and (len(cur) >= batch_size or rows + len(u.rows) > batch_size * rows_per_unit_cap):
             out.append(cur)
             cur, rows = [], 0
         cur.append(u)
@@ -190,12 +192,19 @@ def _run_cached(model: Any, units: list[_Unit], device: torch.device, out: list[
         input_ids=sids.to(device), attention_mask=attn.to(device), position_ids=pos.to(device),
         use_cache=True, logits_to_keep=k, **{_cache_kwarg(model): cache},
     )
-    logp = torch.log_softmax(res.logits.float(), dim=-1)
-    for i, (_, reqs) in enumerate(rows):
+    _gather(res.logits, [(i, reqs) for i, (_, reqs) in enumerate(rows)], k, out)
+
+
+def _gather(logits: torch.Tensor, rows: list[tuple[int, list[tuple[int, list[int]]]]], k: int,
+            out: list[float]) -> None:
+    # log p(target) = logit(target) - logsumexp(logits), one row at a time in fp32: no full
+    # [rows, positions, vocab] log-softmax copy is ever made.
+    for i, reqs in rows:
         for req, targets in reqs:
             n = len(targets)
-            tgt = torch.tensor(targets, device=logp.device).unsqueeze(-1)
-            out[req] = float(logp[i, k - n :, :].gather(-1, tgt).sum())
+            row = logits[i, k - n :, :].float()
+            tgt = torch.tensor(targets, device=row.device).unsqueeze(-1)
+            out[req] = float((row.gather(-1, tgt).squeeze(-1) - torch.logsumexp(row, dim=-1)).sum())
 
 
 @torch.inference_mode()
@@ -215,12 +224,7 @@ def _run_plain(model: Any, units: list[_Unit], device: torch.device, out: list[f
         pos[i, length - len(inp) :] = torch.arange(len(inp))
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
                    use_cache=False, logits_to_keep=k).logits
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    for i, (_, reqs) in enumerate(rows):
-        for req, targets in reqs:
-            n = len(targets)
-            tgt = torch.tensor(targets, device=logp.device).unsqueeze(-1)
-            out[req] = float(logp[i, k - n :, :].gather(-1, tgt).sum())
+    _gather(logits, [(i, reqs) for i, (_, reqs) in enumerate(rows)], k, out)
 
 
 def loglikelihoods(
@@ -237,7 +241,9 @@ def loglikelihoods(
 
     ``requests`` are (context tokens, continuation tokens) from :func:`encode_pair`; ``groups``
     lists the requests of each document (their common prefix runs once). ``batch_size`` counts
-    continuations per forward pass. ``share_prefix=False`` runs every request whole, as lm-eval does.
+    documents per forward pass (their continuations ride along, up to 4 rows per document on
+    average); requests with nothing to share count one each. ``share_prefix=False`` runs every
+    request whole, in one pass each.
     """
     if max_length is None:
         max_length = model_max_length(model.config)
@@ -256,7 +262,11 @@ def loglikelihoods(
     # Splitting pays only when a prefix serves several distinct rows.
     cached = [u for u in units if u.prefix and len(u.rows) > 1]
     plain = [u for u in units if not (u.prefix and len(u.rows) > 1)]
-    batches = [(True, b) for b in _batches(cached, batch_size)] + [(False, b) for b in _batches(plain, batch_size)]
+    # A cached batch holds ``batch_size`` documents: their prefixes run as one pass of batch_size rows,
+    # their (short) continuations as one pass of up to 4 x batch_size rows. Fewer, fuller passes
+    # matter more than tokens for a small model, on a CPU as on a GPU.
+    batches = [(True, b) for b in _batches(cached, batch_size, ROWS_PER_DOCUMENT)]
+    batches += [(False, b) for b in _batches(plain, batch_size)]
     done = 0
     for with_cache, batch in batches:
         hooks.check()
