@@ -148,10 +148,6 @@ class ArtifactPublic(BaseModel):
         return cls(path=art.path, size_bytes=art.size_bytes, sha256=art.sha256, url=url)
 
 
-class ArtifactsPublic(ListPublic[ArtifactPublic]):
-    pass
-
-
 class FilePublic(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "id": "file_7h6g5f4d3s2a1q0w9e8r7t6y", "object": "file", "filename": "train.jsonl",

@@ -35,9 +35,9 @@ def published(client, migrated_db, service_settings, tmp_path_factory):
 
 def test_list(client, published):
     job_id, h = published
-    page = client.get(f"/v1/jobs/{job_id}/artifacts", headers=h).json()
-    assert page["object"] == "list" and page["has_more"] is False
-    by_path = {a["path"]: a for a in page["data"]}
+    listing = client.get(f"/v1/jobs/{job_id}/artifacts", headers=h).json()
+    assert isinstance(listing, list)  # CONTRACT.md: a bare array
+    by_path = {a["path"]: a for a in listing}
     assert set(by_path) == set(FILES)
     for path, data in FILES.items():
         a = by_path[path]
@@ -47,7 +47,7 @@ def test_list(client, published):
 
 def test_download_every_file_by_its_url(client, published):
     job_id, h = published
-    for a in client.get(f"/v1/jobs/{job_id}/artifacts", headers=h).json()["data"]:
+    for a in client.get(f"/v1/jobs/{job_id}/artifacts", headers=h).json():
         r = client.get(a["url"], headers=h)
         assert r.status_code == 200, a["path"]
         assert r.content == FILES[a["path"]]
@@ -139,7 +139,7 @@ def test_tar_stream(client, published):
 def test_tar_and_list_of_unfinished_job(client, new_tenant):
     _, h = new_tenant
     job_id = client.post("/v1/jobs", json=PRUNE, headers=h).json()["id"]
-    assert client.get(f"/v1/jobs/{job_id}/artifacts", headers=h).json()["data"] == []
+    assert client.get(f"/v1/jobs/{job_id}/artifacts", headers=h).json() == []
     r = client.get(f"/v1/jobs/{job_id}/artifacts.tar", headers=h)
     assert r.status_code == 404 and r.json()["error"]["code"] == "no_artifacts"
     assert client.get(f"/v1/jobs/{job_id}/artifacts/config.json", headers=h).status_code == 404

@@ -52,7 +52,7 @@ def test_delete_removes_artifacts_of_a_finished_job(client, new_tenant, migrated
         evt = s.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "artifact")
                         .order_by(JobEvent.seq.desc())).first()
         assert evt.data["deleted"] is True and evt.data["count"] == 2
-    assert client.get(f"/v1/jobs/{job_id}/artifacts", headers=headers).json()["data"] == []
+    assert client.get(f"/v1/jobs/{job_id}/artifacts", headers=headers).json() == []
     assert client.get(f"/v1/jobs/{job_id}", headers=headers).status_code == 200  # the record stays
     assert client.delete(f"/v1/jobs/{job_id}", headers=headers).status_code == 200  # idempotent
 

@@ -234,7 +234,7 @@ def test_dashboard_watches_a_job_to_done(live_server, browser, tmp_path):
     browser.eval("window.confirm = () => true; document.querySelector('#d-delete').click()")
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        if httpx.get(f"{base}/v1/jobs/{job_id}/artifacts", headers=headers, trust_env=False).json()["data"] == []:
+        if httpx.get(f"{base}/v1/jobs/{job_id}/artifacts", headers=headers, trust_env=False).json() == []:
             break
         time.sleep(0.2)
     else:

@@ -26,7 +26,7 @@ def _download_and_load(base: str, job_id: str, dest) -> list[dict]:  # noqa: ANN
     """Fetch every artifact over HTTP, check its sha256, load the directory with from_pretrained."""
     from transformers import AutoModelForCausalLM
 
-    listing = httpx.get(f"{base}/v1/jobs/{job_id}/artifacts", headers=KEY_A, timeout=30).json()["data"]
+    listing = httpx.get(f"{base}/v1/jobs/{job_id}/artifacts", headers=KEY_A, timeout=30).json()
     dest.mkdir()
     for art in listing:
         body = httpx.get(f"{base}/v1/jobs/{job_id}/artifacts/{art['path']}", headers=KEY_A, timeout=30).content
@@ -62,7 +62,7 @@ def test_lifecycle_prune_heal_evaluate_through_the_api(pg_redis_service, tmp_pat
     paths = {a["path"] for a in listing}
     assert {"config.json", "model.safetensors", "README.md", "layerprune.json"} <= paths
     assert {a["path"]: a["sha256"] for a in listing} == {a["path"]: a["sha256"] for a in res["artifacts"]}
-    events = httpx.get(f"{base}/v1/jobs/{job_id}/events", headers=KEY_A, timeout=30).json()["data"]
+    events = httpx.get(f"{base}/v1/jobs/{job_id}/events", headers=KEY_A, timeout=30).json()
     types = [e["type"] for e in events]
     stages = [e["data"]["stage"] for e in events if e["type"] == "stage"]
     assert stages == ["prune", "finetune", "evaluate", "export"]

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from layerprune.api.deps import SessionDep, SettingsDep, TenantDep
 from layerprune.api.errors import ApiError, not_found
-from layerprune.api.schemas import ArtifactPublic, ArtifactsPublic, error_responses
+from layerprune.api.schemas import ArtifactPublic, error_responses
 from layerprune.db.jobs import get_job
 from layerprune.db.models import Artifact
 from layerprune.storage import get_store
@@ -35,16 +35,16 @@ def _artifacts(session: Any, tenant: str, job_id: str) -> list[Artifact]:
     return list(session.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.path)))
 
 
-@router.get("/{job_id}/artifacts", response_model=ArtifactsPublic, summary="List a job's output files",
+@router.get("/{job_id}/artifacts", response_model=list[ArtifactPublic], summary="List a job's output files",
             description="The output model as a Hugging Face directory (config, safetensors weights, tokenizer, "
                         "generation config, README.md model card, layerprune.json). Empty until the job succeeds.",
             responses=error_responses(401, 404, 503))
-def list_artifacts(job_id: str, request: Request, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
+def list_artifacts(job_id: str, request: Request, session: SessionDep, tenant: TenantDep) -> list[ArtifactPublic]:
     rows = _artifacts(session, tenant, job_id)
     base = str(request.base_url).rstrip("/")
     items = [ArtifactPublic.from_row(a, f"{base}/v1/jobs/{job_id}/artifacts/{quote(a.path)}") for a in rows]
-    # Not paginated: every file is in data.
-    return {"object": "list", "data": items, "has_more": False, "last_id": None}
+    # CONTRACT.md: a bare array of every file (a job's output is small and never paginated).
+    return items
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
