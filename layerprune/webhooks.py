@@ -255,11 +255,7 @@ def job_object(job: Any) -> dict[str, Any]:
     """The job exactly as GET /v1/jobs/{id} answers it, with the webhook secret masked."""
     from layerprune.api.schemas import JobPublic
 
-    out = JobPublic.from_row(job).model_dump(mode="json")
-    hook = out.get("spec", {}).get("webhook")
-    if isinstance(hook, dict) and hook.get("secret"):
-        out["spec"] = {**out["spec"], "webhook": {**hook, "secret": "***"}}
-    return out
+    return JobPublic.from_row(job).model_dump(mode="json")
 
 
 def enqueue_delivery(session: Any, job_id: str, status: str) -> Any | None:

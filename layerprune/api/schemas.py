@@ -85,10 +85,18 @@ class JobPublic(BaseModel):
         return cls(
             id=job.id, status=job.status, stage=job.stage, progress=job.progress, created_at=job.created_at,  # type: ignore[arg-type]
             updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at,
-            cancel_requested_at=job.cancel_requested_at, spec=job.spec, result=job.result, error=error,
+            cancel_requested_at=job.cancel_requested_at, spec=_mask_secrets(job.spec), result=job.result, error=error,
             attempts=job.attempts, max_attempts=job.max_attempts, metadata=job.metadata_ or {},
             priority=job.priority, queue=job.queue,  # type: ignore[arg-type]
         )
+
+
+def _mask_secrets(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec with its webhook secret replaced: a secret goes in once and is never echoed back."""
+    hook = spec.get("webhook") if isinstance(spec, dict) else None
+    if isinstance(hook, dict) and hook.get("secret"):
+        return {**spec, "webhook": {**hook, "secret": "***"}}
+    return spec
 
 
 T = TypeVar("T")

@@ -234,3 +234,20 @@ def test_concurrent_requests_with_one_idempotency_key_make_one_job(client, app, 
     assert sorted(code for code, _ in results) == [200, 200, 200, 201]
     assert len({job_id for _, job_id in results}) == 1
     assert len(client.get("/v1/jobs", headers=h).json()["data"]) == 1
+
+
+def test_webhook_secret_is_never_echoed():
+    # A secret goes in once; the job object (API answers and webhook bodies) masks it.
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from layerprune.api.schemas import JobPublic
+
+    now = datetime.now(UTC)
+    spec = {**PRUNE, "webhook": {"url": "https://hooks.example/h", "secret": "whsec_c2VjcmV0"}}
+    row = SimpleNamespace(id="job_x", status="queued", stage=None, progress=0.0, created_at=now, updated_at=now,
+                          started_at=None, finished_at=None, cancel_requested_at=None, spec=spec, result=None,
+                          error=None, attempts=0, max_attempts=3, metadata_={}, priority=0, queue="cpu")
+    out = JobPublic.from_row(row)  # type: ignore[arg-type]
+    assert out.spec["webhook"] == {"url": "https://hooks.example/h", "secret": "***"}
+    assert spec["webhook"]["secret"] == "whsec_c2VjcmV0"  # the stored spec is untouched
