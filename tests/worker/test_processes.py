@@ -62,7 +62,7 @@ def test_lifecycle_prune_heal_evaluate_through_the_api(pg_redis_service, tmp_pat
     paths = {a["path"] for a in listing}
     assert {"config.json", "model.safetensors", "README.md", "layerprune.json"} <= paths
     assert {a["path"]: a["sha256"] for a in listing} == {a["path"]: a["sha256"] for a in res["artifacts"]}
-    events = httpx.get(f"{base}/v1/jobs/{job_id}/events", headers=KEY_A, timeout=30).json()
+    events = httpx.get(f"{base}/v1/jobs/{job_id}/events", headers=KEY_A, timeout=30).json()["data"]
     types = [e["type"] for e in events]
     stages = [e["data"]["stage"] for e in events if e["type"] == "stage"]
     assert stages == ["prune", "finetune", "evaluate", "export"]
