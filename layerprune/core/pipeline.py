@@ -166,28 +166,28 @@ def run_pipeline(
             on_stage(stage)
         return time.monotonic()
 
+    def run_stage(stage: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        # A stage whose marker exists finished in an earlier attempt: reuse its saved output.
+        saved = _done(work_dir, stage)
+        if saved is None:
+            t0 = begin(stage)
+            saved = run()
+            saved["seconds"] = time.monotonic() - t0
+            write_json_atomic(_marker(work_dir, stage), saved)
+            result.timings[stage] = saved["seconds"]
+        return saved
+
     current = base_dir
     if "prune" in stages:
-        saved = _done(work_dir, "prune")
-        if saved is None:
-            t0 = begin("prune")
-            saved = _run_prune(spec, current, work_dir, hooks)
-            saved["seconds"] = time.monotonic() - t0
-            write_json_atomic(_marker(work_dir, "prune"), saved)
-            result.timings["prune"] = saved["seconds"]
+        saved = run_stage("prune", lambda: _run_prune(spec, base_dir, work_dir, hooks))
         result.prune = saved
         result.removed_layers = list(saved.get("removed_layers", []))
         result.layer_scores = saved.get("layer_scores")
         current = work_dir / "prune"
 
     if "finetune" in stages:
-        saved = _done(work_dir, "finetune")
-        if saved is None:
-            t0 = begin("finetune")
-            saved = _run_finetune(spec, current, work_dir, hooks)
-            saved["seconds"] = time.monotonic() - t0
-            write_json_atomic(_marker(work_dir, "finetune"), saved)
-            result.timings["finetune"] = saved["seconds"]
+        source_dir = current
+        saved = run_stage("finetune", lambda: _run_finetune(spec, source_dir, work_dir, hooks))
         result.finetune = saved
         current = work_dir / "finetune"
 
