@@ -107,14 +107,7 @@ def run_blocks(
 
     for i, layer in enumerate(layers):
         handles.append(layer.register_forward_hook(make_hook(i), with_kwargs=True))
-    try:
-        with torch.no_grad(), autocast_for(model):
-            model(input_ids=input_ids.to(input_device(model)), use_cache=False)
-    except _StopForward:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
+    _forward_until_stopped(model, input_ids, handles)
 
 
 def capture(model: nn.Module, input_ids: torch.Tensor) -> Captured:
@@ -141,6 +134,12 @@ def capture(model: nn.Module, input_ids: torch.Tensor) -> Captured:
 
     for i, layer in enumerate(layers):
         handles.append(layer.register_forward_pre_hook(make_hook(i), with_kwargs=True))
+    _forward_until_stopped(model, input_ids, handles)
+    return result
+
+
+def _forward_until_stopped(model: nn.Module, input_ids: torch.Tensor, handles: list[Any]) -> None:
+    """One no-grad forward that a hook may end early with _StopForward; the hooks are removed after."""
     try:
         with torch.no_grad(), autocast_for(model):
             model(input_ids=input_ids.to(input_device(model)), use_cache=False)
@@ -149,7 +148,6 @@ def capture(model: nn.Module, input_ids: torch.Tensor) -> Captured:
     finally:
         for h in handles:
             h.remove()
-    return result
 
 
 def head_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
