@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol, TypedDict
 
+from layerprune.core.fsutil import fsync_dir
+
 CHUNK = 1024 * 1024
 
 
@@ -45,14 +47,6 @@ def _clean_key(key: str) -> str:
     if any(p in ("", ".", "..") for p in parts):  # also refuses "/abs" (leading "") and "a//b"
         raise ValueError(f"bad storage key {key!r}")
     return key
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def copy_hashed(src: Path, dst: Path) -> tuple[int, str]:
@@ -107,7 +101,7 @@ class LocalStore:
                 rel_posix = rel.as_posix()
                 stored.append(StoredFile(path=rel_posix, size_bytes=size, sha256=sha,
                                          storage_key=f"{prefix}/{rel_posix}"))
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             if target.exists():
                 # A retry republishes: move the old copy aside first (rename onto a non-empty dir fails).
                 trash = target.parent / f".old-{target.name}-{uuid.uuid4().hex[:8]}"
@@ -116,7 +110,7 @@ class LocalStore:
                 shutil.rmtree(trash, ignore_errors=True)
             else:
                 tmp.rename(target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

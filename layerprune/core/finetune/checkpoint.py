@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from layerprune.core.fsutil import fsync_dir
+
 _STEP = re.compile(r"^step_(\d+)$")
 
 
@@ -52,14 +54,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(work_dir: Path, step: int, trainable: dict[str, torch.Tensor], state: dict[str, Any],
                     keep: int = 3) -> Path:
     """Write ``step_<step>`` atomically (temporary folder + rename) and prune older ones."""
@@ -77,7 +71,7 @@ def save_checkpoint(work_dir: Path, step: int, trainable: dict[str, torch.Tensor
         if final.exists():  # a rerun of the same step after a crash: replace it whole
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for old in list_checkpoints(work_dir)[:-keep]:
