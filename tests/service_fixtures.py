@@ -78,6 +78,21 @@ def _reset_caches() -> None:
         pass
 
 
+def restore_service_env(saved: dict[str, str]) -> None:
+    """After a test started service processes: drop pooled DB connections, put every
+    ``LAYERPRUNE_*`` variable back as ``saved`` held it, and reload settings and dispatch."""
+    from layerprune import dispatch
+    from layerprune.db.session import dispose_engines
+    from layerprune.settings import reset_settings_cache
+
+    dispose_engines()
+    for k in [k for k in os.environ if k.startswith("LAYERPRUNE_")]:
+        del os.environ[k]
+    os.environ.update(saved)
+    reset_settings_cache()
+    dispatch.configure()  # back to this process's own broker settings
+
+
 @contextmanager
 def service_env(**overrides: Any) -> Iterator[None]:
     """Set ``LAYERPRUNE_<NAME>`` variables (None removes one) and restore them afterwards."""

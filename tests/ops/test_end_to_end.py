@@ -12,6 +12,7 @@ import os
 
 import pytest
 
+from tests.service_fixtures import restore_service_env
 from tests.worker.service import Service, wait_until
 
 SECRET = "whsec_" + "c2VjcmV0LWtleS1mb3ItdGVzdHM="
@@ -20,8 +21,6 @@ SECRET = "whsec_" + "c2VjcmV0LWtleS1mb3ItdGVzdHM="
 @pytest.fixture
 def s3_service(tmp_path, s3_endpoint, aws_env, receiver):
     from layerprune.db.migrate import upgrade_to_head
-    from layerprune.db.session import dispose_engines
-    from layerprune.settings import reset_settings_cache
     from tests.tiny import save_tiny
 
     models = tmp_path / "models"
@@ -42,14 +41,7 @@ def s3_service(tmp_path, s3_endpoint, aws_env, receiver):
         yield svc, store
     finally:
         svc.close()
-        dispose_engines()
-        for k in [k for k in os.environ if k.startswith("LAYERPRUNE_")]:
-            del os.environ[k]
-        os.environ.update(saved)
-        reset_settings_cache()
-        from layerprune import dispatch
-
-        dispatch.configure()  # back to this process's own broker settings
+        restore_service_env(saved)
 
 
 def test_worker_publishes_to_s3_and_calls_back(s3_service, receiver):

@@ -88,8 +88,7 @@ def private_pg():
 
 def _service(tmp_path, database_url, broker_url, tiny_root, **extra):
     from layerprune.db.migrate import upgrade_to_head
-    from layerprune.db.session import dispose_engines
-    from layerprune.settings import reset_settings_cache
+    from tests.service_fixtures import restore_service_env
     from tests.worker.service import Service
 
     saved = {k: v for k, v in os.environ.items() if k.startswith("LAYERPRUNE_")}
@@ -100,14 +99,7 @@ def _service(tmp_path, database_url, broker_url, tiny_root, **extra):
         yield svc
     finally:
         svc.close()
-        dispose_engines()
-        for k in [k for k in os.environ if k.startswith("LAYERPRUNE_")]:
-            del os.environ[k]
-        os.environ.update(saved)
-        reset_settings_cache()
-        from layerprune import dispatch
-
-        dispatch.configure()
+        restore_service_env(saved)
 
 
 @pytest.fixture
