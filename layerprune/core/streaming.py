@@ -14,11 +14,14 @@ with spaces to a multiple of 8, then the tensors' bytes back to back.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
 import struct
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,10 @@ from layerprune.core.hooks import NO_HOOKS, Hooks
 DEFAULT_MAX_SHARD_BYTES = 5 * 1000**3  # "5GB" as transformers counts it
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-_COPY_CHUNK = 16 * 1024 * 1024
+_COPY_CHUNK = 1024 * 1024  # buffer of the read/write copy (larger buffers measured no faster)
+_RUN_PIECE = 256 * 1024 * 1024  # bytes copied between two cancel checks
+_PAGE = 4096
+_FOLIO_SPAN = 64 * 1024  # destination alignment that lets the page cache use large folios
 
 # Files that travel with the weights unchanged (tokenizer, chat template, generation config).
 _COPIED_PATTERNS = (
@@ -121,8 +127,10 @@ _DTYPE_SIZE = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16"
 
 
 def _plan_shards(tensors: list[tuple[str, TensorEntry]], max_bytes: int) -> list[list[tuple[str, TensorEntry]]]:
-    # Wider dtypes first so every tensor starts at an offset aligned to its element size.
-    ordered = sorted(tensors, key=lambda t: (-_DTYPE_SIZE.get(t[1].dtype, 1), t[0]))
+    # Wider dtypes first so every tensor starts at an offset aligned to its element size; within a
+    # dtype, the input's own byte order, so tensors that were neighbours stay neighbours and copy
+    # as one run.
+    ordered = sorted(tensors, key=lambda t: (-_DTYPE_SIZE.get(t[1].dtype, 1), str(t[1].file), t[1].begin))
     shards: list[list[tuple[str, TensorEntry]]] = [[]]
     size = 0
     for item in ordered:
@@ -134,57 +142,128 @@ def _plan_shards(tensors: list[tuple[str, TensorEntry]], max_bytes: int) -> list
     return shards
 
 
-def _copy_range(src: Any, dst: Any, offset: int, count: int) -> None:
-    remaining = count
-    pos = offset
-    use_kernel = hasattr(os, "copy_file_range")
-    while remaining > 0:
-        if use_kernel:
-            try:
-                n = os.copy_file_range(src.fileno(), dst.fileno(), remaining, pos)
-            except OSError:
-                use_kernel = False  # e.g. across some filesystems: fall back to buffered copy
-                continue
-            if n == 0:
-                raise ModelSourceError("a safetensors file ended early", param="model")
+@dataclass(frozen=True)
+class _Run:
+    """Bytes that lie back to back both in one input file and in the output shard."""
+
+    file: Path
+    begin: int  # absolute offset in ``file``
+    out_offset: int  # offset from the start of the output's data section
+    nbytes: int
+
+
+def _runs(items: list[tuple[str, TensorEntry]]) -> list[_Run]:
+    runs: list[_Run] = []
+    offset = 0
+    for _name, e in items:
+        last = runs[-1] if runs else None
+        if last is not None and last.file == e.file and last.begin + last.nbytes == e.begin:
+            runs[-1] = _Run(last.file, last.begin, last.out_offset, last.nbytes + e.nbytes)
         else:
-            src.seek(pos)
-            chunk = src.read(min(_COPY_CHUNK, remaining))
-            if not chunk:
-                raise ModelSourceError("a safetensors file ended early", param="model")
-            dst.seek(0, os.SEEK_END)
-            dst.write(chunk)
-            n = len(chunk)
+            runs.append(_Run(e.file, e.begin, offset, e.nbytes))
+        offset += e.nbytes
+    return runs
+
+
+def _header_size(json_len: int, runs: list[_Run]) -> int:
+    """Header length (≥ ``json_len``, a multiple of 8) that places the largest run where it copies fastest.
+
+    Two things make the kernel's file-to-file copy fast, both measured on the bundled model (170 MB
+    run): source and destination offsets that agree modulo the page size (0.041 s, against 0.064 s
+    when they do not), and a destination that starts on a 64 KiB boundary of the file plus that
+    same in-page offset, where the page cache can use large folios (0.041 s, against 0.061 s at an
+    arbitrary page). The format allows trailing spaces in the header, so at most 64 KiB of padding
+    buys both for the bulk of the bytes.
+    """
+    plain = json_len + (-json_len % 8)
+    if not runs:
+        return plain
+    big = max(runs, key=lambda r: r.nbytes)
+    in_page = big.begin % _PAGE
+    if (big.begin - 8 - big.out_offset) % 8:
+        return plain  # the input is not 8-aligned there; no multiple-of-8 padding can help
+    earliest = 8 + json_len + big.out_offset  # where the run starts with no padding at all
+    start = earliest + (in_page - earliest) % _FOLIO_SPAN
+    return start - 8 - big.out_offset
+
+
+def _copy_range(src: int, dst: int, offset: int, count: int, dst_offset: int, buf: memoryview, *,
+                kernel: bool) -> bool:
+    """Copy ``count`` bytes of file ``src`` from ``offset`` to file ``dst`` at ``dst_offset``.
+
+    ``kernel``: try ``os.copy_file_range`` (no trip through user space). It beats a buffered copy
+    only when source and destination are page-congruent (0.041 s against 0.064 s for 170 MB on the
+    bundled model); otherwise a read/write through ``buf`` is the faster of the two (about 0.05 s).
+    Returns False once the kernel copy was tried and refused (some filesystems do), so callers stop
+    trying it.
+    """
+    remaining, pos, out = count, offset, dst_offset
+    tried = kernel
+    while remaining > 0:
+        if kernel:
+            try:
+                n = os.copy_file_range(src, dst, remaining, pos, out)
+            except OSError:
+                kernel = False  # e.g. across some filesystems: fall back to the buffered copy
+                continue
+        else:
+            n = os.preadv(src, [buf[: min(len(buf), remaining)]], pos)
+            if n:
+                _pwrite_all(dst, buf[:n], out)
+        if n == 0:
+            raise ModelSourceError("a safetensors file ended early", param="model")
         pos += n
+        out += n
         remaining -= n
+    return kernel or not tried
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
 
 
 def _write_shard(path: Path, items: list[tuple[str, TensorEntry]], metadata: dict[str, str], hooks: Hooks,
-                 done: list[int], total: int) -> None:
+                 done: list[int], total: int, on_bulk_copy: Callable[[], None] | None = None) -> None:
     header: dict[str, Any] = {"__metadata__": metadata}
     offset = 0
     for name, entry in items:
         header[name] = {"dtype": entry.dtype, "shape": entry.shape, "data_offsets": [offset, offset + entry.nbytes]}
         offset += entry.nbytes
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    blob += b" " * (-len(blob) % 8)
-    handles: dict[Path, Any] = {}
+    runs = _runs(items)
+    blob += b" " * (_header_size(len(blob), runs) - len(blob))
+    data_start = 8 + len(blob)
+    buf = memoryview(bytearray(_COPY_CHUNK))
+    kernel = hasattr(os, "copy_file_range")
+    handles: dict[Path, int] = {}
+    out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        with open(path, "wb") as out:
-            out.write(struct.pack("<Q", len(blob)))
-            out.write(blob)
-            out.flush()
-            for _name, entry in items:
+        _pwrite_all(out, memoryview(struct.pack("<Q", len(blob)) + blob), 0)
+        # Largest run first: it is the page-congruent one, copied in the fewest, longest syscalls,
+        # which is when ``on_bulk_copy``'s work on another thread runs without waiting for the GIL.
+        for run in sorted(runs, key=lambda r: -r.nbytes):
+            src = handles.get(run.file)
+            if src is None:
+                src = handles[run.file] = os.open(run.file, os.O_RDONLY)
+            dst = data_start + run.out_offset
+            congruent = (run.begin - dst) % _PAGE == 0
+            # Runs can be most of a large model: copy in pieces so cancel and progress stay prompt.
+            for start in range(0, run.nbytes, _RUN_PIECE):
                 hooks.check()
-                src = handles.get(entry.file)
-                if src is None:
-                    src = handles[entry.file] = open(entry.file, "rb")
-                _copy_range(src, out, entry.begin, entry.nbytes)
-                done[0] += entry.nbytes
+                if on_bulk_copy is not None:
+                    on_bulk_copy()
+                    on_bulk_copy = None
+                n = min(_RUN_PIECE, run.nbytes - start)
+                if not _copy_range(src, out, run.begin + start, n, dst + start, buf, kernel=kernel and congruent):
+                    kernel = False
+                done[0] += n
                 hooks.progress(done[0], total, f"copying {path.name}")
     finally:
-        for fh in handles.values():
-            fh.close()
+        os.close(out)
+        for fd in handles.values():
+            os.close(fd)
 
 
 def _copy_side_files(src_dir: Path, out_dir: Path) -> list[str]:
@@ -207,13 +286,7 @@ def stream_prune(src_dir: Path, out_dir: Path, removed: Sequence[int], hooks: Ho
     """
     from transformers import AutoConfig
 
-    from layerprune.core.architecture import (
-        count_params,
-        find_decoder_parts,
-        layer_param_count,
-        meta_model,
-        num_layers_of,
-    )
+    from layerprune.core.architecture import find_decoder_parts, meta_model, num_layers_of
     from layerprune.core.removal import cut_layer_config, keep_list, refuse_index_dependent_math
 
     src_dir, out_dir = Path(src_dir), Path(out_dir)
@@ -225,41 +298,31 @@ def stream_prune(src_dir: Path, out_dir: Path, removed: Sequence[int], hooks: Ho
     keep = keep_list(removed, num_layers)
     if len(keep) < num_layers:
         refuse_index_dependent_math(config)
-    # One structure-only (meta) model gives the key prefix and the parameter counts.
-    skeleton = meta_model(config)
-    parts = find_decoder_parts(skeleton)
-    params_before = count_params(skeleton)
     kept_set = set(keep)
-    params_removed = sum(layer_param_count(parts.layers[i]) for i in range(num_layers) if i not in kept_set)
-    module_prefix = parts.layers_path + "."
-    del skeleton, parts
+    # The key prefix comes from a one-layer skeleton (3 ms on the bundled model). The exact parameter
+    # counts need the whole skeleton (14 ms, a sixth of the whole prune), so that one is built on
+    # another thread, released just as the largest run of bytes moves in one long GIL-free syscall.
+    # Let go any earlier, it measured slower: the file system calls before the copy each queue for
+    # the GIL behind it.
+    probe = copy.deepcopy(config)
+    cut_layer_config(probe, [0])
+    module_prefix = find_decoder_parts(meta_model(probe)).layers_path + "."
+    del probe
+    plan = _plan_output(src_dir, module_prefix, keep, max_shard_bytes)
+    skeleton_config = copy.deepcopy(config)
+    go = threading.Event()
 
-    entries, metadata = list_tensors(src_dir)
-    prefix = layer_prefix_in_files([e.name for e in entries], module_prefix)
-    new_index = {old: new for new, old in enumerate(keep)}
-    kept: list[tuple[str, TensorEntry]] = []
-    for entry in entries:
-        name = rename_key(entry.name, prefix, new_index)
-        if name is not None:
-            kept.append((name, entry))
-    metadata.setdefault("format", "pt")
+    def count_while_copying() -> tuple[int, int]:
+        go.wait()
+        return _param_counts(skeleton_config, [i for i in range(num_layers) if i not in kept_set])
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in list(out_dir.glob("*.safetensors")) + [out_dir / WEIGHTS_INDEX_NAME]:
-        stale.unlink(missing_ok=True)
-    shards = _plan_shards(kept, max_shard_bytes)
-    total = sum(e.nbytes for _, e in kept)
-    done = [0]
-    names = (
-        [WEIGHTS_NAME] if len(shards) == 1
-        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    )
-    for fname, items in zip(names, shards, strict=True):
-        _write_shard(out_dir / fname, items, metadata, hooks, done, total)
-    if len(shards) > 1:
-        index = {"metadata": {"total_size": total},
-                 "weight_map": {n: fname for fname, items in zip(names, shards, strict=True) for n, _ in items}}
-        (out_dir / WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="layerprune-count") as pool:
+        counts = pool.submit(count_while_copying)
+        try:
+            summary = _write_output(plan, out_dir, hooks, on_bulk_copy=go.set)
+        finally:
+            go.set()  # also when nothing was copied or the copy failed: the thread must end
+        params_before, params_removed = counts.result()
 
     cut_layer_config(config, keep)
     config.save_pretrained(out_dir)
@@ -271,7 +334,62 @@ def stream_prune(src_dir: Path, out_dir: Path, removed: Sequence[int], hooks: Ho
         "num_layers_after": len(keep),
         "params_before": params_before,
         "params_after": params_before - params_removed,
-        "weight_files": names,
-        "bytes_written": total,
+        **summary,
         "copied_files": copied,
     }
+
+
+def _param_counts(config: Any, removed: list[int]) -> tuple[int, int]:
+    """Parameters of the whole model and of the layers ``removed``, from a structure-only skeleton."""
+    from layerprune.core.architecture import count_params, find_decoder_parts, layer_param_count, meta_model
+
+    skeleton = meta_model(config)
+    layers = find_decoder_parts(skeleton).layers
+    return count_params(skeleton), sum(layer_param_count(layers[i]) for i in removed)
+
+
+@dataclass(frozen=True)
+class _OutputPlan:
+    metadata: dict[str, str]
+    shards: list[list[tuple[str, TensorEntry]]]  # (new name, where its bytes are) per output file
+    names: list[str]  # the output files' names
+    total: int  # bytes of tensor data to write
+
+
+def _plan_output(src_dir: Path, module_prefix: str, keep: list[int], max_shard_bytes: int) -> _OutputPlan:
+    """Which tensors go, under which names, into which output files (headers only, no data read)."""
+    entries, metadata = list_tensors(src_dir)
+    prefix = layer_prefix_in_files([e.name for e in entries], module_prefix)
+    new_index = {old: new for new, old in enumerate(keep)}
+    kept: list[tuple[str, TensorEntry]] = []
+    for entry in entries:
+        name = rename_key(entry.name, prefix, new_index)
+        if name is not None:
+            kept.append((name, entry))
+    metadata.setdefault("format", "pt")
+    shards = _plan_shards(kept, max_shard_bytes)
+    names = (
+        [WEIGHTS_NAME] if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
+    return _OutputPlan(metadata, shards, names, sum(e.nbytes for _, e in kept))
+
+
+def _write_output(plan: _OutputPlan, out_dir: Path, hooks: Hooks,
+                  on_bulk_copy: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Write the planned weight files (and their index when sharded); returns what was written.
+
+    ``on_bulk_copy`` is called once, just before the first file's largest run of bytes is copied.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in list(out_dir.glob("*.safetensors")) + [out_dir / WEIGHTS_INDEX_NAME]:
+        stale.unlink(missing_ok=True)
+    done = [0]
+    for fname, items in zip(plan.names, plan.shards, strict=True):
+        _write_shard(out_dir / fname, items, plan.metadata, hooks, done, plan.total, on_bulk_copy)
+        on_bulk_copy = None
+    if len(plan.shards) > 1:
+        weight_map = {n: fname for fname, items in zip(plan.names, plan.shards, strict=True) for n, _ in items}
+        index = {"metadata": {"total_size": plan.total}, "weight_map": weight_map}
+        (out_dir / WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return {"weight_files": plan.names, "bytes_written": plan.total}

@@ -145,11 +145,17 @@ def test_stream_errors(tiny_dirs, tmp_path: Path) -> None:
         assert err.value.param == "prune.layers"
 
 
-def test_stream_cancel_and_progress(tiny_dirs, tmp_path: Path) -> None:
+def test_stream_cancel_and_progress(tiny_dirs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = tiny_dirs("llama")
     seen: list[tuple[float, float]] = []
     stream_prune(src, tmp_path / "ok", [1], Hooks(progress=lambda d, t, m: seen.append((d, t))))
     assert seen and seen[-1][0] == seen[-1][1]
+    # Contiguous tensors copy as one run; a long run is still copied in pieces, with a cancel check
+    # and a progress report before each (here 4 KiB pieces stand for 256 MiB ones).
+    monkeypatch.setattr("layerprune.core.streaming._RUN_PIECE", 4096)
+    seen.clear()
+    stream_prune(src, tmp_path / "pieces", [1], Hooks(progress=lambda d, t, m: seen.append((d, t))))
+    assert len(seen) > 10 and [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1][0] == seen[-1][1]
     calls = {"n": 0}
 
     def stop() -> bool:
@@ -158,3 +164,85 @@ def test_stream_cancel_and_progress(tiny_dirs, tmp_path: Path) -> None:
 
     with pytest.raises(Cancelled):
         stream_prune(src, tmp_path / "cancelled", [1], Hooks(should_stop=stop))
+
+
+def test_mixed_dtypes_stay_aligned_and_the_bulk_copies_page_congruent(tiny_dirs, tmp_path: Path) -> None:
+    """Output tensors keep the input's byte order within a dtype, every tensor starts aligned to
+    its element size, and the header is padded so the largest contiguous run of kept bytes sits at
+    the same in-page offset as in the input, on a 64 KiB boundary (the kernel's fast copy path)."""
+    src = tiny_dirs("llama")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for f in src.iterdir():
+        if f.suffix != ".safetensors":
+            (mixed / f.name).write_bytes(f.read_bytes())
+    tensors = load_file(src / "model.safetensors")
+    # Norms in fp32 between bf16 matrices, and one odd-sized bf16 tensor that would misalign an
+    # fp32 tensor written after it.
+    converted = {k: v.float() if "norm" in k else v.to(torch.bfloat16) for k, v in tensors.items()}
+    converted["model.layers.2.odd_bias"] = torch.ones(3, dtype=torch.bfloat16)
+    save_file(converted, mixed / "model.safetensors", metadata={"format": "pt"})
+
+    stream_prune(mixed, tmp_path / "out", [1])
+    out = tmp_path / "out" / "model.safetensors"
+    header, data_start = read_safetensors_header(out)
+    assert data_start % 8 == 0
+    sizes = {"F32": 4, "BF16": 2}
+    entries = sorted((v["data_offsets"][0], k, v) for k, v in header.items() if k != "__metadata__")
+    for begin, key, info in entries:
+        assert begin % sizes[info["dtype"]] == 0, key
+    # fp32 first, then bf16; within each, the input's order.
+    dtypes = [info["dtype"] for _, _, info in entries]
+    assert dtypes == sorted(dtypes, key=lambda d: -sizes[d])
+    in_header, in_start = read_safetensors_header(mixed / "model.safetensors")
+    renamed = {k: rename_key(k, "model.layers.", {0: 0, **{i: i - 1 for i in range(2, LAYERS)}}) for k in in_header}
+    for dtype in sizes:
+        out_keys = [k for _, k, info in entries if info["dtype"] == dtype]
+        in_keys = [renamed[k] for k in sorted((k for k in in_header if k != "__metadata__"),
+                                              key=lambda k: in_header[k]["data_offsets"][0])
+                   if in_header[k]["dtype"] == dtype and renamed[k] is not None]
+        assert out_keys == in_keys
+    # The longest stretch of tensors that are back to back in both files starts at the same offset
+    # modulo a page as in the input, and on a 64 KiB boundary plus that offset.
+    source = {renamed[k]: (in_start + v["data_offsets"][0], in_start + v["data_offsets"][1])
+              for k, v in in_header.items() if k != "__metadata__" and renamed[k] is not None}
+    runs: list[list] = []  # [output start, input start, bytes]
+    for begin, key, info in entries:
+        src_begin, src_end = source[key]
+        nbytes = info["data_offsets"][1] - begin
+        if runs and runs[-1][1] + runs[-1][2] == src_begin:
+            runs[-1][2] += nbytes
+        else:
+            runs.append([data_start + begin, src_begin, nbytes])
+    out_begin, in_begin, _ = max(runs, key=lambda r: r[2])
+    assert len(runs) > 1
+    assert (out_begin - in_begin) % 4096 == 0
+    assert (out_begin - in_begin % 4096) % (64 * 1024) == 0
+    reloaded = load_file(out)
+    for key, value in converted.items():
+        new = renamed[key]
+        if new is not None:
+            assert reloaded[new].dtype == value.dtype and torch.equal(reloaded[new], value), key
+
+
+@pytest.mark.parametrize("kernel", ["refused", "missing"])
+def test_buffered_copy_when_the_kernel_copy_is_refused_or_missing(kernel: str, tiny_dirs, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tiny_dirs("qwen2")
+    stream_prune(src, tmp_path / "kernel", REMOVED)
+    calls = {"n": 0}
+
+    def refuse(*args: object) -> int:
+        calls["n"] += 1
+        raise OSError(18, "Invalid cross-device link")
+
+    if kernel == "refused":
+        monkeypatch.setattr("os.copy_file_range", refuse)
+    else:
+        monkeypatch.delattr("os.copy_file_range")
+    monkeypatch.setattr("layerprune.core.streaming._COPY_CHUNK", 1000)  # many short reads and writes
+    stream_prune(src, tmp_path / "buffered", REMOVED)
+    assert (tmp_path / "buffered" / "model.safetensors").read_bytes() == (
+        tmp_path / "kernel" / "model.safetensors").read_bytes()
+    # Refused once, never tried again for the rest of the file.
+    assert calls["n"] == (1 if kernel == "refused" else 0)
