@@ -21,7 +21,8 @@ from layerprune.core.scoring import (
     needs_model,
     score_layers,
 )
-from layerprune.core.scoring.perplexity import naive_ppl_scores
+from layerprune.core.scoring.capture import capture
+from layerprune.core.scoring.perplexity import head_nll, naive_ppl_scores, next_token_nll
 from layerprune.core.spec import METRICS, CalibrationSpec
 from tests.tiny import LAYERS, VOCAB, tiny_model, tiny_tokenizer
 
@@ -130,6 +131,23 @@ def test_shared_prefix_ppl_equals_naive_and_runs_exactly_L_evaluations(family: s
     assert shared == pytest.approx(naive, rel=1e-4)
     assert sorted(range(LAYERS), key=lambda i: shared[i]) == sorted(range(LAYERS), key=lambda i: naive[i])
     assert find_decoder_parts(model).layers is parts.layers  # the naive run restored the model
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gpt2", "gpt_neox"])
+def test_head_nll_equals_the_loss_of_the_models_own_logits(family: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Final norm, soft-capping (gemma2) and lm_head as the forward applies them, in any chunking."""
+    model = tiny_model(family)
+    ids = calib(n=3, seq=17)
+    with torch.no_grad():
+        cap = capture(model, ids)
+        last = cap.calls[-1].run(cap.inputs[-1])
+        expected = next_token_nll(model(input_ids=ids, use_cache=False).logits, ids)
+        whole = head_nll(model, last, ids)
+        monkeypatch.setattr("layerprune.core.scoring.perplexity._HEAD_CHUNK_ELEMENTS", 5 * VOCAB)  # 5 tokens a chunk
+        chunked = head_nll(model, last, ids)
+    assert whole[1] == chunked[1] == expected[1] == 3 * 16
+    assert whole[0] == pytest.approx(expected[0], rel=1e-5)
+    assert chunked[0] == pytest.approx(expected[0], rel=1e-5)
 
 
 def test_ppl_of_removing_an_identity_layer_is_the_full_models_ppl() -> None:

@@ -150,18 +150,6 @@ def _forward_until_stopped(model: nn.Module, input_ids: torch.Tensor, handles: l
             h.remove()
 
 
-def head_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """Final norm, lm_head and (Gemma 2) the final logit soft-capping, as the model's forward does."""
-    parts = find_decoder_parts(model)
-    if parts.final_norm is not None:
-        hidden = parts.final_norm(hidden.to(layer_device(parts.final_norm)))
-    logits = parts.lm_head(hidden.to(parts.lm_head.weight.device))
-    cap = getattr(text_config(model.config), "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
-
-
 def batches(calibration: torch.Tensor, batch_size: int | None) -> list[torch.Tensor]:
     """Split [N, S] token ids into batches of ``batch_size`` rows (None: one batch of all rows)."""
     if calibration.dim() != 2:
