@@ -9,7 +9,6 @@ that the base model applies after the blocks; lm_head is ``get_output_embeddings
 from __future__ import annotations
 
 import contextlib
-
 from dataclasses import dataclass
 
 import torch

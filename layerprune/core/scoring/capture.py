@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from layerprune.core.architecture import find_decoder_parts, text_config
+from layerprune.core.architecture import find_decoder_parts
 
 
 class _StopForward(Exception):  # noqa: N818 - control flow, not an error
