@@ -22,8 +22,18 @@ _COMMON = dict(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=128, num_
 
 
 def _configs() -> dict[str, object]:
-    from transformers import (Gemma2Config, Gemma3TextConfig, GPT2Config, GPTNeoXConfig, LlamaConfig,
-                              MistralConfig, Olmo2Config, Phi3Config, Qwen2Config, Qwen3Config)
+    from transformers import (
+        Gemma2Config,
+        Gemma3TextConfig,
+        GPT2Config,
+        GPTNeoXConfig,
+        LlamaConfig,
+        MistralConfig,
+        Olmo2Config,
+        Phi3Config,
+        Qwen2Config,
+        Qwen3Config,
+    )
 
     return {
         "llama": LlamaConfig(**_COMMON),
