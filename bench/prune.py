@@ -15,6 +15,7 @@ Memory is read from /proc/self/status (VmHWM, the peak resident set) in a fresh 
 measurement, after resetting the peak once imports and setup are done (``/proc/self/clear_refs``).
 
     python bench/prune.py [--samples 10] [--seq-len 128] [--repeats 3] [--skip-naive]
+                          [--stream-only] [--stream-repeats 9] [--stream-model DIR]
 """
 
 from __future__ import annotations
@@ -188,6 +189,11 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-naive", action="store_true", help="skip the slow naive ppl baseline")
+    ap.add_argument("--stream-repeats", type=int, default=9,
+                    help="interleaved streaming prune / shutil runs (each ~0.1 s; the best of each is kept)")
+    ap.add_argument("--stream-only", action="store_true", help="only the streaming figures (seconds, not minutes)")
+    ap.add_argument("--stream-model", type=Path, default=None,
+                    help="a local model directory for the streaming figures (default: the bundled model)")
     args = ap.parse_args()
 
     import torch
@@ -206,18 +212,20 @@ def main() -> None:
     # Streaming prune: reverse_order 25% (floor(0.25 × L) last layers).
     from transformers import AutoConfig
 
-    num_layers = num_layers_of(AutoConfig.from_pretrained(model_dir))
-    k = num_layers // 4
-    removed = list(range(num_layers - k, num_layers))
-    largest = largest_tensor_bytes(model_dir)
-    log(f"streaming prune of {removed} vs shutil copy ({args.repeats} interleaved runs, one subprocess)")
+    stream_dir = args.stream_model or model_dir
+    stream_layers = num_layers_of(AutoConfig.from_pretrained(stream_dir))
+    removed = list(range(stream_layers - stream_layers // 4, stream_layers))
+    largest = largest_tensor_bytes(stream_dir)
+    log(f"streaming prune of {removed} vs shutil copy ({args.stream_repeats} interleaved runs, one subprocess)")
     with tempfile.TemporaryDirectory() as tmp_name:
-        run = in_subprocess("child_stream_prune", str(model_dir), tmp_name, removed, args.repeats)
+        run = in_subprocess("child_stream_prune", str(stream_dir), tmp_name, removed, args.stream_repeats)
         kept, prune_s, copy_s, rss = (run["bytes_written"], run["seconds"], run["shutil_copy_seconds"],
                                       run["rss_above_baseline_bytes"])
-        mag = in_subprocess("child_stream_magnitude", str(model_dir))
+        mag = in_subprocess("child_stream_magnitude", str(stream_dir))
+    num_layers = num_layers_of(AutoConfig.from_pretrained(model_dir))
+    k = num_layers // 4
     figures["stream_prune"] = {
-        "removed": removed, "kept_bytes": kept, "largest_tensor_bytes": largest,
+        "model": str(args.stream_model) if args.stream_model else MODEL, "removed": removed, "kept_bytes": kept, "largest_tensor_bytes": largest,
         "peak_rss_above_baseline_bytes": rss, "rss_over_2x_largest_tensor": round(rss / (2 * largest), 3),
         "seconds": round(prune_s, 4), "shutil_copy_seconds": round(copy_s, 4),
         "time_over_shutil_copy": round(prune_s / copy_s, 3), "goal_time_ratio": 1.5,
@@ -227,6 +235,10 @@ def main() -> None:
         "rss_over_2x_largest_tensor": round(mag["rss_above_baseline_bytes"] / (2 * largest), 3),
         "seconds": round(mag["seconds"], 4),
     }
+
+    if args.stream_only:
+        print(json.dumps(figures))
+        return
 
     log("scoring: plain forward, block_influence, angular")
     device = pick_device()
