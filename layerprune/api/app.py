@@ -117,8 +117,8 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Tru
         with bind(request_id=request_id):
             response = await call_next(request)
             response.headers["X-Request-ID"] = request_id
-            # Never the headers: they carry the API key.
-            log.info("request", extra={"method": request.method, "path": request.url.path,
+            # Never the headers (they carry the API key), nor a signed link's token.
+            log.info("request", extra={"method": request.method, "path": loggable_path(request.url.path),
                                        "tenant": getattr(request.state, "tenant", None),
                                        "status": response.status_code,
                                        "duration_ms": round((time.monotonic() - started) * 1000, 1)})
@@ -129,8 +129,19 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Tru
     except ImportError:  # the metrics module is optional at this layer
         metrics = None  # type: ignore[assignment]
     if metrics is not None:
-        metrics.install(app)
+        metrics.install(app, token=settings.metrics_token)
     return app
+
+
+_SECRET_PATH_PREFIXES = ("/dashboard/download/",)  # the rest of such a path is a bearer token
+
+
+def loggable_path(path: str) -> str:
+    """``path`` with a signed download token cut out: whoever reads the logs must not be able to download."""
+    for prefix in _SECRET_PATH_PREFIXES:
+        if path.startswith(prefix):
+            return prefix + "<token>"
+    return path
 
 
 def __getattr__(name: str) -> Any:

@@ -3,6 +3,8 @@ the dashboard's files, /metrics, and webhooks from job creation to a loopback re
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 
 from fastapi.testclient import TestClient
@@ -74,7 +76,7 @@ def test_delete_is_tenant_scoped(client, new_tenant, migrated_db):
 # ------------------------------------------------------------------ signed download links
 
 
-def test_download_links(client, new_tenant, migrated_db, service_settings, tmp_path):
+def test_download_links(client, new_tenant, migrated_db, service_settings, tmp_path, caplog):
     from layerprune.api.routes.dashboard import read_token
     from layerprune.db.keys import add_key
     from layerprune.db.models import ApiKey
@@ -86,11 +88,19 @@ def test_download_links(client, new_tenant, migrated_db, service_settings, tmp_p
     res = client.post("/v1/download-links", json={"job_id": job_id, "path": "model.safetensors"}, headers=headers)
     assert res.status_code == 201, res.text
     url = res.json()["url"]
-    got = client.get(url)  # no Authorization header
+    with caplog.at_level(logging.INFO):
+        got = client.get(url)  # no Authorization header
     assert got.status_code == 200 and got.content == FILES["model.safetensors"]
     assert 'filename="model.safetensors"' in got.headers["content-disposition"]
 
     token = url.rsplit("/", 1)[1]
+    # The request is logged, the token (a bearer credential until it expires) is not.
+    logged = [r for r in caplog.records if r.getMessage() == "request"]
+    assert any(getattr(r, "path", "") == "/dashboard/download/<token>" for r in logged)
+    # (The test client's own request log, httpx's, is the caller's side and is left out.)
+    leaked = [r for r in caplog.records
+              if not r.name.startswith("httpx") and token in json.dumps(vars(r), default=str)]
+    assert not leaked, [(r.name, r.getMessage()) for r in leaked]
     payload, sig = token.split(".")
     forged = payload[:-2] + ("AA" if payload[-2:] != "AA" else "BB") + "." + sig
     assert client.get(f"/dashboard/download/{forged}").status_code == 404
