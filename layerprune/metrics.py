@@ -238,9 +238,17 @@ def render(registry: CollectorRegistry = REGISTRY) -> bytes:
 # ------------------------------------------------------------------ wiring
 
 
-def install(app: Any) -> None:
-    """Add the HTTP middleware, the DB collector and ``GET /metrics`` to a FastAPI app."""
-    from fastapi import APIRouter
+def install(app: Any, token: str | None = None) -> None:
+    """Add the HTTP middleware, the DB collector and ``GET /metrics`` to a FastAPI app.
+
+    ``token``: when set, a scrape must send ``Authorization: Bearer <token>`` (the metrics show
+    job counts and worker ids of every tenant); unset, the endpoint is open, for deployments that
+    reach it only from inside their network.
+    """
+    import hmac
+
+    from fastapi import APIRouter, Request
+    from fastapi.responses import JSONResponse
 
     app.add_middleware(MetricsMiddleware)
     collector = JobsCollector(lambda: getattr(app.state, "session_factory", None))
@@ -251,11 +259,24 @@ def install(app: Any) -> None:
 
     router = APIRouter(tags=["operations"])
 
-    @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-                responses={200: {"content": {CONTENT_TYPE_LATEST: {}},
-                                 "description": "Prometheus text exposition format"}})
-    def get_metrics() -> Response:
+    def get_metrics(request: Request) -> Response:
+        if token:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+                return JSONResponse(
+                    {"error": {"code": "unauthorized", "param": None,
+                               "message": "/metrics needs 'Authorization: Bearer <LAYERPRUNE_METRICS_TOKEN>'"}},
+                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
         return Response(render(registry), media_type=CONTENT_TYPE_LATEST)
+
+    # Real classes, not the strings this module's future import makes of annotations: FastAPI
+    # resolves strings in the module's globals, where the lazily imported Request is not.
+    get_metrics.__annotations__ = {"request": Request, "return": Response}
+    router.add_api_route("/metrics", get_metrics, methods=["GET"], summary="Prometheus metrics",
+                         response_class=Response,
+                         responses={200: {"content": {CONTENT_TYPE_LATEST: {}},
+                                          "description": "Prometheus text exposition format"},
+                                    401: {"description": "LAYERPRUNE_METRICS_TOKEN is set and was not sent"}})
 
     app.include_router(router)
 

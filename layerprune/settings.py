@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     s3_presign_seconds: int = Field(300, ge=1)
     s3_multipart_threshold_bytes: int = Field(64 * 1024 * 1024, ge=5 * 1024 * 1024)
     download_token_seconds: int = Field(300, ge=1)  # dashboard's short-lived signed download links
+    metrics_token: str | None = None  # when set, GET /metrics needs it as a bearer token
 
     # Jobs and workers
     max_attempts: int = Field(3, ge=1)

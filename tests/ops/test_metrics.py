@@ -98,6 +98,19 @@ def test_metrics_text(sessions):
     assert got[("layerprune_database_up", ())] == 1
 
 
+def test_metrics_token_guards_the_endpoint(sessions):
+    app = FastAPI()
+    app.state.session_factory = sessions
+    metrics.install(app, token="scrape-secret")
+    client = TestClient(app)
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic scrape-secret"}):
+        res = client.get("/metrics", headers=headers)
+        assert res.status_code == 401 and res.headers["www-authenticate"] == "Bearer"
+        assert res.json()["error"]["code"] == "unauthorized" and "scrape-secret" not in res.text
+    res = client.get("/metrics", headers={"Authorization": "Bearer scrape-secret"})
+    assert res.status_code == 200 and "layerprune_database_up" in res.text
+
+
 def test_metrics_survive_a_missing_database(tmp_path):
     from layerprune.db.session import session_factory
 
