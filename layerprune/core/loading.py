@@ -34,13 +34,24 @@ def weights_bytes(local_dir: Path, dtype: torch.dtype) -> int:
 
 
 def choose_device_map(local_dir: Path, device: torch.device, dtype: torch.dtype) -> str | dict[str, Any] | None:
-    """``"auto"`` when the model is larger than one GPU and there are several; else the GPU itself."""
+    """``"auto"`` when the model is larger than one GPU and there are several; else the GPU itself.
+
+    A model whose weights alone exceed the only GPU is refused here, with the sizes, rather than
+    by an out-of-memory error halfway through loading.
+    """
     if device.type != "cuda":
         return None
     index = device.index if device.index is not None else torch.cuda.current_device()
-    capacity = torch.cuda.get_device_properties(index).total_memory * GPU_FILL_FRACTION
-    if weights_bytes(local_dir, dtype) > capacity and cuda_device_count() > 1:
-        return "auto"
+    total = torch.cuda.get_device_properties(index).total_memory
+    needed = weights_bytes(local_dir, dtype)
+    if needed > total * GPU_FILL_FRACTION:
+        if cuda_device_count() > 1:
+            return "auto"
+        if needed > total:
+            raise ModelSourceError(
+                f"the model's weights need {needed / 2**30:.1f} GiB in {str(dtype).removeprefix('torch.')}, more "
+                f"than the only GPU's {total / 2**30:.1f} GiB; run it on a worker with more or larger GPUs",
+                param="model")
     # Load straight onto the GPU rather than through host memory.
     return {"": index}
 
