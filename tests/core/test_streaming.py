@@ -34,6 +34,16 @@ def _tensors(model_dir: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+def _with_weights(src: Path, dest: Path, tensors: dict[str, torch.Tensor]) -> Path:
+    """A copy of model directory ``src`` (config, tokenizer…) whose weights are ``tensors``."""
+    dest.mkdir()
+    for f in src.iterdir():
+        if f.suffix != ".safetensors":
+            (dest / f.name).write_bytes(f.read_bytes())
+    save_file(tensors, dest / "model.safetensors", metadata={"format": "pt"})
+    return dest
+
+
 def _config(model_dir: Path) -> dict:
     cfg = AutoConfig.from_pretrained(model_dir).to_dict()
     cfg.pop("_name_or_path", None)
@@ -96,14 +106,8 @@ def test_sharded_output_and_side_files(tiny_dirs, tmp_path: Path) -> None:
 def test_legacy_key_prefix(tiny_dirs, tmp_path: Path) -> None:
     """GPT-2 checkpoints on the hub store ``h.0.…`` without the ``transformer.`` prefix."""
     src = tiny_dirs("gpt2")
-    legacy = tmp_path / "legacy"
-    legacy.mkdir()
-    for f in src.iterdir():
-        if f.suffix != ".safetensors":
-            (legacy / f.name).write_bytes(f.read_bytes())
     tensors = load_file(src / "model.safetensors")
-    save_file({k.removeprefix("transformer."): v for k, v in tensors.items()}, legacy / "model.safetensors",
-              metadata={"format": "pt"})
+    legacy = _with_weights(src, tmp_path / "legacy", {k.removeprefix("transformer."): v for k, v in tensors.items()})
     stream_prune(legacy, tmp_path / "out", [1])
     keys = set(load_file(tmp_path / "out" / "model.safetensors"))
     assert "h.6.attn.c_attn.weight" in keys and "h.7.attn.c_attn.weight" not in keys
@@ -171,17 +175,12 @@ def test_mixed_dtypes_stay_aligned_and_the_bulk_copies_page_congruent(tiny_dirs,
     its element size, and the header is padded so the largest contiguous run of kept bytes sits at
     the same in-page offset as in the input, on a 64 KiB boundary (the kernel's fast copy path)."""
     src = tiny_dirs("llama")
-    mixed = tmp_path / "mixed"
-    mixed.mkdir()
-    for f in src.iterdir():
-        if f.suffix != ".safetensors":
-            (mixed / f.name).write_bytes(f.read_bytes())
     tensors = load_file(src / "model.safetensors")
     # Norms in fp32 between bf16 matrices, and one odd-sized bf16 tensor that would misalign an
     # fp32 tensor written after it.
     converted = {k: v.float() if "norm" in k else v.to(torch.bfloat16) for k, v in tensors.items()}
     converted["model.layers.2.odd_bias"] = torch.ones(3, dtype=torch.bfloat16)
-    save_file(converted, mixed / "model.safetensors", metadata={"format": "pt"})
+    mixed = _with_weights(src, tmp_path / "mixed", converted)
 
     stream_prune(mixed, tmp_path / "out", [1])
     out = tmp_path / "out" / "model.safetensors"
