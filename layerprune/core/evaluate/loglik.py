@@ -174,25 +174,35 @@ def _run_cached(model: Any, units: list[_Unit], device: torch.device, out: list[
     owner = [b for b, u in enumerate(units) for _ in u.rows]
     rows = [(list(suffix), reqs) for u in units for suffix, reqs in u.rows.items()]
     cache.batch_select_indices(torch.tensor(owner, device=device))
-    ls = max(len(suffix) for suffix, _ in rows)
     k = max(len(t) for _, reqs in rows for _, t in reqs)
-    sids = torch.full((len(rows), ls), pad, dtype=torch.long)
-    smask = torch.zeros((len(rows), ls), dtype=torch.long)
-    pos = torch.zeros((len(rows), ls), dtype=torch.long)
-    for i, (suffix, _) in enumerate(rows):
-        start = len(units[owner[i]].prefix)
-        s = len(suffix)
-        # Suffixes are left-padded so every row's scored positions are its last ones (logits_to_keep).
-        sids[i, ls - s :] = torch.tensor(suffix)
-        smask[i, ls - s :] = 1
-        pos[i, :] = start
-        pos[i, ls - s :] = torch.arange(start, start + s)
+    # Each suffix's positions continue from the end of its own prefix.
+    sids, smask, pos = _left_padded([suffix for suffix, _ in rows], pad,
+                                    [len(units[owner[i]].prefix) for i in range(len(rows))])
     attn = torch.cat([mask[owner], smask], dim=1)
     res = model(
         input_ids=sids.to(device), attention_mask=attn.to(device), position_ids=pos.to(device),
         use_cache=True, logits_to_keep=k, **{_cache_kwarg(model): cache},
     )
     _gather(res.logits, [(i, reqs) for i, (_, reqs) in enumerate(rows)], k, out)
+
+
+def _left_padded(seqs: list[list[int]], pad: int, starts: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token ids, attention mask and position ids of ``seqs``, left-padded to one length.
+
+    Left padding puts every row's scored positions last, so ``logits_to_keep`` computes only
+    those. Row i's positions count on from ``starts[i]``; its pad positions repeat that start.
+    """
+    length = max(len(seq) for seq in seqs)
+    ids = torch.full((len(seqs), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), length), dtype=torch.long)
+    pos = torch.zeros((len(seqs), length), dtype=torch.long)
+    for i, (seq, start) in enumerate(zip(seqs, starts, strict=True)):
+        n = len(seq)
+        ids[i, length - n :] = torch.tensor(seq)
+        mask[i, length - n :] = 1
+        pos[i, :] = start
+        pos[i, length - n :] = torch.arange(start, start + n)
+    return ids, mask, pos
 
 
 def _gather(logits: torch.Tensor, rows: list[tuple[int, list[tuple[int, list[int]]]]], k: int,
@@ -210,18 +220,10 @@ def _gather(logits: torch.Tensor, rows: list[tuple[int, list[tuple[int, list[int
 @torch.inference_mode()
 def _run_plain(model: Any, units: list[_Unit], device: torch.device, out: list[float]) -> None:
     # Whole inputs in one pass, for units with nothing to share (a single distinct input row).
-    # Left padding puts every row's scored positions last, so only those logits are computed.
     pad = _pad_id(model)
     rows = [(u.prefix + list(s), reqs) for u in units for s, reqs in u.rows.items()]
-    length = max(len(inp) for inp, _ in rows)
     k = max(len(t) for _, reqs in rows for _, t in reqs)
-    ids = torch.full((len(rows), length), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    pos = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, (inp, _) in enumerate(rows):
-        ids[i, length - len(inp) :] = torch.tensor(inp)
-        mask[i, length - len(inp) :] = 1
-        pos[i, length - len(inp) :] = torch.arange(len(inp))
+    ids, mask, pos = _left_padded([inp for inp, _ in rows], pad, [0] * len(rows))
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
                    use_cache=False, logits_to_keep=k).logits
     _gather(logits, [(i, reqs) for i, (_, reqs) in enumerate(rows)], k, out)
