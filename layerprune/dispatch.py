@@ -54,6 +54,21 @@ def _filesystem_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+# A job's ``priority`` (−100…100, higher runs first) → a Redis message level (0 is served first).
+# Ten levels (kombu's Redis transport keeps one list per level); the edges favour the small
+# numbers people actually use, so 0, 1, 5 and 10 are all distinct.
+BROKER_PRIORITY_LEVELS = 10
+# Levels by priority: 50…100, 10…49, 5…9, 1…4, 0, −1…−4, −5…−9, −10…−49, −50…−99, −100.
+_PRIORITY_EDGES = (50, 10, 5, 1, 0, -4, -9, -49, -99)  # priority ≥ edge i → level i; below all → 9
+
+
+def broker_priority(priority: int) -> int:
+    for level, edge in enumerate(_PRIORITY_EDGES):
+        if priority >= edge:
+            return level
+    return len(_PRIORITY_EDGES)
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery settings for hour-long, one-at-a-time GPU jobs."""
     broker = settings.effective_broker_url
@@ -64,7 +79,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Redis re-delivers an unacked message after visibility_timeout. Jobs last hours and a
         # duplicate is harmless (claim is atomic) but wasteful: keep it beyond the hard limit.
         transport_options = {"visibility_timeout": settings.task_time_limit + 3600,
-                             "socket_connect_timeout": 3, "socket_timeout": 10}
+                             "socket_connect_timeout": 3, "socket_timeout": 10,
+                             # One Redis list per level, polled in this order: see broker_priority.
+                             "priority_steps": list(range(BROKER_PRIORITY_LEVELS))}
     return {
         "broker_url": broker,
         "broker_transport_options": transport_options,
@@ -124,12 +141,20 @@ def configure(settings: Settings | None = None) -> Celery:
     return celery_app
 
 
-def send_job(job_id: str, queue: str) -> None:
-    """Publish one message carrying ``job_id`` on ``queue``; raises when the broker is unreachable."""
+def send_job(job_id: str, queue: str, priority: int = 0) -> None:
+    """Publish one message carrying ``job_id`` on ``queue``; raises when the broker is unreachable.
+
+    On Redis, a worker takes the waiting message of the highest ``priority`` first. (The embedded
+    transports have no priorities: FIFO there, apart from the outbox sending its backlog in
+    priority order.)
+    """
     if queue not in QUEUES:
         raise ValueError(f"unknown queue {queue!r}")
+    options: dict[str, Any] = {}
+    if (celery_app.conf.broker_url or "").startswith(("redis", "rediss")):
+        options["priority"] = broker_priority(priority)
     celery_app.send_task(TASK_NAME, args=[job_id], queue=queue, routing_key=queue,
-                         retry=True, retry_policy=_PUBLISH_RETRY_POLICY)
+                         retry=True, retry_policy=_PUBLISH_RETRY_POLICY, **options)
 
 
 def broker_ok(timeout: float = 2.0) -> bool:
@@ -180,9 +205,9 @@ def dispatch_pending(
     sent = 0
     with _session(session_factory) as session:
         candidates = pending_dispatch(session, limit, redispatch_after_s=redispatch_after_s)
-    for job_id, queue in candidates:
+    for job_id, queue, priority in candidates:
         try:
-            send_job(job_id, queue)
+            send_job(job_id, queue, priority)
         except Exception as exc:  # noqa: BLE001 - broker down: leave it for the next sweep
             log.warning("dispatch of %s failed: %s", job_id, exc)
             break

@@ -239,8 +239,8 @@ def reap_expired(session: Session, now: datetime | None = None) -> list[str]:
 
 
 def pending_dispatch(session: Session, limit: int = 100, *,
-                     redispatch_after_s: float | None = None) -> list[tuple[str, str]]:
-    """(job id, queue) of queued jobs to send: never sent, or sent long ago and still waiting.
+                     redispatch_after_s: float | None = None) -> list[tuple[str, str, int]]:
+    """(job id, queue, priority) of queued jobs to send: never sent, or sent long ago and still waiting.
 
     The re-send wait doubles with each send (``redispatch_after_s × 2^(dispatch_count−1)``, at
     most 6 h), so a message a broker lost is replaced without flooding a long queue with copies.
@@ -252,7 +252,7 @@ def pending_dispatch(session: Session, limit: int = 100, *,
     if redispatch_after_s is not None:
         cond = or_(cond, Job.dispatched_at < now - timedelta(seconds=redispatch_after_s))
     rows = session.execute(
-        select(Job.id, Job.queue, Job.dispatched_at, Job.dispatch_count)
+        select(Job.id, Job.queue, Job.priority, Job.dispatched_at, Job.dispatch_count)
         .where(Job.status == "queued", cond)
         .order_by(Job.priority.desc(), Job.seq)
         .limit(limit)
@@ -263,7 +263,7 @@ def pending_dispatch(session: Session, limit: int = 100, *,
             redispatch_after_s is not None
             and _redispatch_due(r.dispatched_at, r.dispatch_count, now, redispatch_after_s)
         ):
-            out.append((r.id, r.queue))
+            out.append((r.id, r.queue, int(r.priority or 0)))
     return out
 
 

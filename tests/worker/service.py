@@ -129,7 +129,7 @@ class Service:
             job_id = job.id
         if send:
             try:
-                send_job(job_id, queue)
+                send_job(job_id, queue, int(spec.get("priority") or 0))
             except Exception:  # noqa: BLE001 - broker down: the outbox sends it later
                 return job_id
             with self.sessions() as s:

@@ -21,6 +21,17 @@ def test_celery_config_fits_long_jobs(tmp_path):
     assert redis["broker_transport_options"]["visibility_timeout"] > 900
 
 
+def test_broker_priority_levels():
+    levels = [dispatch.broker_priority(p) for p in (100, 50, 49, 10, 9, 5, 4, 1, 0, -1, -4, -5, -9, -10, -49, -50, -100)]
+    assert levels == [0, 0, 1, 1, 2, 2, 3, 3, 4, 5, 5, 6, 6, 7, 7, 8, 9]
+    # Higher job priority never gets a later level; 0, 1, 5 and 10 are all distinct.
+    all_levels = [dispatch.broker_priority(p) for p in range(100, -101, -1)]
+    assert all_levels == sorted(all_levels) and len({dispatch.broker_priority(p) for p in (0, 1, 5, 10)}) == 4
+    assert set(all_levels) == set(range(dispatch.BROKER_PRIORITY_LEVELS))
+    conf = dispatch.celery_config(Settings(broker_url="redis://h:1/0"))
+    assert conf["broker_transport_options"]["priority_steps"] == list(range(dispatch.BROKER_PRIORITY_LEVELS))
+
+
 def test_unknown_queue_refused():
     with pytest.raises(ValueError):
         dispatch.send_job("job_x", "tpu")
@@ -44,7 +55,10 @@ def test_outbox_sweep_sends_once_the_broker_is_back(sessions, private_redis, tmp
         assert dispatch.broker_ok() is True
         assert dispatch.dispatch_pending(sessions) == 1
         assert dispatch.dispatch_pending(sessions) == 0  # sent once, not again
-        assert redis.Redis.from_url(private_redis.url).llen("cpu") == 1
+        # One message, in the list of priority 0's level (kombu keeps a list per level).
+        client = redis.Redis.from_url(private_redis.url)
+        assert sum(client.llen(k) for k in client.keys("cpu*")) == 1
+        assert client.llen(f"cpu\x06\x16{dispatch.broker_priority(0)}") == 1
     finally:
         monkeypatch.delenv("LAYERPRUNE_BROKER_URL")
         monkeypatch.delenv("LAYERPRUNE_DATA_DIR")

@@ -191,3 +191,15 @@ def test_embedded_default_end_to_end(embedded_service, tmp_path):
     job = svc.wait_status(job_id, timeout=90)
     assert job.status == "succeeded", svc._brief(job_id)
     _download_and_load(base, job_id, tmp_path / "dl")
+
+
+def test_higher_priority_runs_first_from_a_redis_backlog(pg_redis_service):
+    """Messages sent low priority first wait in Redis; the one worker then takes the most urgent first."""
+    svc = pg_redis_service
+    order = [("low", -20), ("normal", 0), ("urgent", 60), ("high", 5)]
+    ids = {name: svc.submit(svc.spec(prune=PRUNE, priority=priority)) for name, priority in order}
+    svc.start_worker()
+    for job_id in ids.values():
+        assert svc.wait_status(job_id, timeout=120).status == "succeeded", svc.logs()
+    started = sorted(ids, key=lambda name: svc.job(ids[name]).started_at)
+    assert started == ["urgent", "high", "normal", "low"], started

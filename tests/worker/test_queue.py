@@ -87,7 +87,7 @@ def test_reaper_requeues_then_fails_worker_lost(sessions):
     job = _job(sessions, job_id)
     assert (job.status, job.worker_id, job.dispatched_at) == ("queued", None, None)
     with sessions() as s:
-        assert q.pending_dispatch(s, 10) == [(job_id, "cpu")]
+        assert q.pending_dispatch(s, 10) == [(job_id, "cpu", 0)]
         # the dead worker cannot finish it any more
         assert q.finish_job(s, job_id, "w1", {}, []) is False
         q.claim_job(s, job_id, "w2", 5)
@@ -114,13 +114,13 @@ def test_reaper_finishes_cancelling_and_claim_takes_over_expired(sessions):
 def test_outbox_redispatch_backs_off(sessions):
     job_id = new_job(sessions)
     with sessions() as s:
-        assert q.pending_dispatch(s, 10, redispatch_after_s=60) == [(job_id, "cpu")]
+        assert q.pending_dispatch(s, 10, redispatch_after_s=60) == [(job_id, "cpu", 0)]
         q.mark_dispatched(s, job_id)
         assert q.pending_dispatch(s, 10, redispatch_after_s=60) == []
         past = datetime.now(UTC) - timedelta(seconds=90)
         s.execute(Job.__table__.update().values(dispatched_at=past))
         s.commit()
-        assert q.pending_dispatch(s, 10, redispatch_after_s=60) == [(job_id, "cpu")]
+        assert q.pending_dispatch(s, 10, redispatch_after_s=60) == [(job_id, "cpu", 0)]
         q.mark_dispatched(s, job_id)
         s.execute(Job.__table__.update().values(dispatched_at=past))  # 2nd send: waits 120 s now
         s.commit()

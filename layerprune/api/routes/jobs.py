@@ -92,17 +92,17 @@ def create_job_route(
         raise
     with bind(job_id=job.id, tenant=tenant):
         log.info("job created", extra={"queue": queue})
-        _dispatch(session, job.id, queue)
+        _dispatch(session, job.id, queue, job.priority)
     session.refresh(job)
     return JobPublic.from_row(job)
 
 
-def _dispatch(session: Any, job_id: str, queue: str) -> None:
+def _dispatch(session: Any, job_id: str, queue: str, priority: int) -> None:
     """Send the job's id to the broker; if that fails the job stays in the outbox (201 anyway)."""
     try:
         from layerprune.dispatch import send_job
 
-        send_job(job_id, queue)
+        send_job(job_id, queue, priority)
     except Exception as exc:  # noqa: BLE001 - broker down: the housekeeping sweep sends it later
         log.warning("broker unavailable; job left for the outbox sweep: %s", type(exc).__name__)
         return
