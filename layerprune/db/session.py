@@ -10,6 +10,7 @@ database outage is a quick 503 rather than a hung request.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -108,3 +109,23 @@ def dispose_engines() -> None:
             engine.dispose()
         _engines.clear()
         _factories.clear()
+
+
+def reset_after_fork() -> None:
+    """In a forked child: forget the parent's engines without touching their sockets or locks.
+
+    Celery's prefork pool forks a fresh child per job while the worker's sweeper and webhook
+    threads use these engines. A lock held by one of those threads at the moment of the fork stays
+    held forever in the child (no thread there will release it), so the lock is replaced, never
+    acquired; the pooled connections are dropped unclosed (closing would end the parent's sessions).
+    """
+    global _lock
+    _lock = threading.Lock()
+    for engine in list(_engines.values()):
+        engine.dispose(close=False)
+    _engines.clear()
+    _factories.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=reset_after_fork)

@@ -74,9 +74,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     configure(settings)
     from layerprune.db.session import session_factory
+    from layerprune.dispatch import broker_ok
     from layerprune.webhooks import WebhookSender
+    from layerprune.worker.sweeper import sweep_once
 
+    # The pool forks a child per job while the sweeper and webhook threads run. Do their first sweep
+    # here, before any thread exists, so the modules they import lazily (the queue code, the
+    # broker's transport) are imported by now: a fork that lands mid-import in another thread
+    # leaves that module's import lock held for ever in the child.
+    try:
+        sweep_once(session_factory())
+        broker_ok()
+    except Exception as exc:  # noqa: BLE001 - database or broker down: the sweeper retries
+        logging.getLogger(__name__).warning("first sweep failed (%s); the sweeper will retry", exc)
+    _preload()
     start_sweeper(settings=settings)
     WebhookSender(session_factory(), settings=settings).start()
-    _preload()
     app.worker_main(worker_argv(settings.queues, settings.log_level.upper(), list(argv or [])))

@@ -19,11 +19,11 @@ log = logging.getLogger(__name__)
 
 @worker_process_init.connect
 def _forget_parent_connections(**_: object) -> None:
-    """A forked child must not reuse the parent's pooled database sockets (the sweeper uses them)."""
+    """A forked child must not reuse the parent's pooled database sockets (the sweeper uses them).
+
+    ``db.session`` already does this at every fork (``os.register_at_fork``); this covers a pool
+    that creates its children some other way. Idempotent.
+    """
     from layerprune.db import session
 
-    with session._lock:  # noqa: SLF001 - the pool API has no public "after fork" reset
-        for engine in session._engines.values():  # noqa: SLF001
-            engine.dispose(close=False)
-        session._engines.clear()  # noqa: SLF001
-        session._factories.clear()  # noqa: SLF001
+    session.reset_after_fork()
