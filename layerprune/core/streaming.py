@@ -14,7 +14,6 @@ with spaces to a multiple of 8, then the tensors' bytes back to back.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
@@ -286,7 +285,7 @@ def stream_prune(src_dir: Path, out_dir: Path, removed: Sequence[int], hooks: Ho
     """
     from transformers import AutoConfig
 
-    from layerprune.core.architecture import find_decoder_parts, meta_model, num_layers_of
+    from layerprune.core.architecture import layers_key_prefix, num_layers_of
     from layerprune.core.removal import cut_layer_config, keep_list, refuse_index_dependent_math
 
     src_dir, out_dir = Path(src_dir), Path(out_dir)
@@ -303,18 +302,13 @@ def stream_prune(src_dir: Path, out_dir: Path, removed: Sequence[int], hooks: Ho
     # counts need the whole skeleton (14 ms, a sixth of the whole prune), so that one is built on
     # another thread, released just as the largest run of bytes moves in one long GIL-free syscall.
     # Let go any earlier, it measured slower: the file system calls before the copy each queue for
-    # the GIL behind it.
-    probe = copy.deepcopy(config)
-    cut_layer_config(probe, [0])
-    module_prefix = find_decoder_parts(meta_model(probe)).layers_path + "."
-    del probe
-    plan = _plan_output(src_dir, module_prefix, keep, max_shard_bytes)
-    skeleton_config = copy.deepcopy(config)
+    # the GIL behind it. (``config`` is only edited below, once that thread has finished.)
+    plan = _plan_output(src_dir, layers_key_prefix(config), keep, max_shard_bytes)
     go = threading.Event()
 
     def count_while_copying() -> tuple[int, int]:
         go.wait()
-        return _param_counts(skeleton_config, [i for i in range(num_layers) if i not in kept_set])
+        return _param_counts(config, [i for i in range(num_layers) if i not in kept_set])
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="layerprune-count") as pool:
         counts = pool.submit(count_while_copying)
