@@ -248,7 +248,8 @@ def install(app: Any, token: str | None = None) -> None:
     import hmac
 
     from fastapi import APIRouter, Request
-    from fastapi.responses import JSONResponse
+
+    from layerprune.api.errors import error_response
 
     app.add_middleware(MetricsMiddleware)
     collector = JobsCollector(lambda: getattr(app.state, "session_factory", None))
@@ -263,10 +264,9 @@ def install(app: Any, token: str | None = None) -> None:
         if token:
             scheme, _, given = request.headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-                return JSONResponse(
-                    {"error": {"code": "unauthorized", "param": None,
-                               "message": "/metrics needs 'Authorization: Bearer <LAYERPRUNE_METRICS_TOKEN>'"}},
-                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                return error_response(401, "unauthorized",
+                                      "/metrics needs 'Authorization: Bearer <LAYERPRUNE_METRICS_TOKEN>'",
+                                      headers={"WWW-Authenticate": "Bearer"})
         return Response(render(registry), media_type=CONTENT_TYPE_LATEST)
 
     # Real classes, not the strings this module's future import makes of annotations: FastAPI
