@@ -115,9 +115,8 @@ class S3Store:
             raise
         # Like the local store, a publish replaces the prefix: drop objects an earlier (crashed)
         # attempt left there that this output does not have.
-        new = set(written)
-        stale = [self._object_key(k) for k in self.list_keys(prefix) if self._object_key(k) not in new]
-        self._delete_keys(stale)
+        new = {f["storage_key"] for f in stored}
+        self._delete_keys([self._object_key(k) for k in self.list_keys(prefix) if k not in new])
         return stored
 
     def open(self, storage_key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
