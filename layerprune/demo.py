@@ -30,6 +30,14 @@ from typing import Any
 DEFAULT_TASKS = ("arc_easy", "piqa", "hellaswag")
 # Sized for two CPU cores (README: measured there): the job stays well under ten minutes.
 DEMO_DEFAULTS = {"max_steps": 20, "batch_size": 4, "learning_rate": 5e-4, "limit": 25, "ppl_windows": 16}
+# The options that size the job: (demo_spec keyword, type, help); their defaults are DEMO_DEFAULTS.
+_SIZE_OPTIONS = (
+    ("max_steps", int, "healing optimizer steps"),
+    ("batch_size", int, "healing batch size"),
+    ("learning_rate", float, "healing learning rate"),
+    ("limit", int, "examples per evaluation task"),
+    ("ppl_windows", int, "perplexity windows of 256 tokens"),
+)
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,41 +49,14 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--keep-data", action="store_true", help="do not empty --data-dir first")
     p.add_argument("--port", type=int, default=0, help="API port (default: a free one)")
-    p.add_argument(
-        "--max-steps",
-        type=int,
-        default=DEMO_DEFAULTS["max_steps"],
-        help="healing optimizer steps (default %(default)s)",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=DEMO_DEFAULTS["batch_size"],
-        help="healing batch size (default %(default)s)",
-    )
-    p.add_argument(
-        "--learning-rate",
-        type=float,
-        default=DEMO_DEFAULTS["learning_rate"],
-        help="healing learning rate (default %(default)s)",
-    )
+    for key, kind, text in _SIZE_OPTIONS:
+        p.add_argument("--" + key.replace("_", "-"), type=kind, default=DEMO_DEFAULTS[key],
+                       help=f"{text} (default %(default)s)")
     p.add_argument(
         "--train-lm-head",
         action="store_true",
         help="heal lm_head too, as the paper does; SmolLM2 ties it to the embeddings, so this "
         "unties them and adds 28M parameters",
-    )
-    p.add_argument(
-        "--limit",
-        type=int,
-        default=DEMO_DEFAULTS["limit"],
-        help="examples per evaluation task (default %(default)s)",
-    )
-    p.add_argument(
-        "--ppl-windows",
-        type=int,
-        default=DEMO_DEFAULTS["ppl_windows"],
-        help="perplexity windows of 256 tokens (default %(default)s)",
     )
     p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="evaluation tasks (default %(default)s)")
     p.add_argument("--print-spec", action="store_true", help="print the job spec the demo submits and exit")
