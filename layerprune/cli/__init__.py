@@ -121,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="start an API and a worker on the embedded default, run the paper's recipe on the bundled model",
         description="Start the API and a worker on the embedded default (SQLite + filesystem broker), "
-        "prune 25%% of the bundled SmolLM2-135M's layers in reverse order, heal lm_head + the last 3 "
-        "layers on the bundled instructions, evaluate base and result, and print a before/after table.",
+        "prune 25% of the bundled SmolLM2-135M's layers in reverse order, heal the final norm and the "
+        "last 3 layers on the bundled instructions (--train-lm-head: lm_head too, as the paper does), "
+        "evaluate base and result, and print a before/after table.",
     )
     add_demo_arguments(p)
     return parser
