@@ -97,7 +97,7 @@ def child_stream_prune(model_dir: str, tmp: str, removed: list[int], repeats: in
         kept = summary["bytes_written"]
         if sample is None:
             sample = work / "kept.bin"
-            make_sample(next(iter(sorted(Path(model_dir).glob("*.safetensors")))), kept, sample)
+            make_sample(Path(model_dir), kept, sample)
         copy.unlink(missing_ok=True)
         os.sync()
         t0 = time.perf_counter()
@@ -106,14 +106,20 @@ def child_stream_prune(model_dir: str, tmp: str, removed: list[int], repeats: in
     return {"rss_above_baseline_bytes": rss, "seconds": prune_s, "shutil_copy_seconds": copy_s, "bytes_written": kept}
 
 
-def make_sample(src: Path, nbytes: int, dest: Path) -> None:
-    """A file of ``nbytes`` bytes taken from the start of ``src``: what the shutil baseline copies."""
-    with open(src, "rb") as fin, open(dest, "wb") as fout:
-        left = nbytes
-        while left:
-            chunk = fin.read(min(left, 16 << 20))
-            fout.write(chunk)
-            left -= len(chunk)
+def make_sample(model_dir: Path, nbytes: int, dest: Path) -> None:
+    """A file of the first ``nbytes`` bytes of the model's weight files (shard after shard, so a
+    sharded ``--stream-model`` works too): what the shutil baseline copies."""
+    from layerprune.core.streaming import weight_files
+
+    left = nbytes
+    with open(dest, "wb") as fout:
+        for src in weight_files(model_dir):
+            with open(src, "rb") as fin:
+                while left and (chunk := fin.read(min(left, 16 << 20))):
+                    fout.write(chunk)
+                    left -= len(chunk)
+    if left:
+        raise ValueError(f"{model_dir}'s weight files hold fewer than {nbytes} bytes")
 
 
 def child_stream_magnitude(model_dir: str) -> dict:
