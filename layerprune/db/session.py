@@ -11,7 +11,9 @@ database outage is a quick 503 rather than a hung request.
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,8 +47,8 @@ def _sqlite_engine(url: str) -> Engine:
         # Let SQLAlchemy, not the driver, decide when transactions begin (see _on_begin).
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+        _use_wal(cur)
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
@@ -55,6 +57,26 @@ def _sqlite_engine(url: str) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _use_wal(cur: Any) -> None:
+    """Put the database in WAL mode (a setting stored in the file: once set, later connections only read it).
+
+    Switching needs the database to itself, and SQLite answers "database is locked" at once,
+    without waiting out the busy timeout, while another connection holds a lock: which happens
+    when several processes (or threads) open a brand-new database together. So retry until the
+    timeout; the switch itself takes microseconds.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _make_engine(url: str) -> Engine:
