@@ -107,7 +107,7 @@ class _Formats:
         """Refuse the upload once no allowed format fits (the line where the last one dropped out)."""
         if self.allowed is None or any(f not in self.misfits for f in self.allowed):
             return
-        last = max(self.allowed, key=lambda f: self.misfits[f][0] or 0)
+        last = max(self.allowed, key=self._reach)
         line, why = self.misfits[last]
         message = f"line {line}: {why}" if line is not None else why
         others = [f"'{f}' (" + (f"line {self.misfits[f][0]}" if self.misfits[f][0] else self.misfits[f][1]) + ")"
@@ -115,6 +115,12 @@ class _Formats:
         if others:
             message += "; no other format fits either: " + ", ".join(others)
         raise ApiError(422, "invalid_file", message, param="file")
+
+    def _reach(self, fmt: str) -> tuple[int, bool]:
+        # The format that fitted longest is what the file was meant to be; on the same line, one
+        # whose fields were there (a wrong value) over one whose fields were missing.
+        line, why = self.misfits[fmt]
+        return line or 0, not why.startswith(("missing field", "no text field"))
 
     def outcome(self, all_formats: list[str]) -> dict[str, str | None]:
         """``{format: None (fits every record) or "line n: why"}`` for every format."""
