@@ -180,3 +180,20 @@ def test_max_seq_len_must_hold_the_prompt_template(client, new_tenant):
     # method none trains nothing: no check.
     r = client.post("/v1/jobs", json={**PRUNE, "finetune": {"method": "none", "max_seq_len": 4}}, headers=h)
     assert r.status_code == 201, r.text
+
+
+# ------------------------------------------------------------------ ids that cannot exist
+
+
+def test_impossible_file_ids_are_404(client, new_tenant):
+    _, h = new_tenant
+    for method, path in (("GET", "/v1/files/file_%00"), ("DELETE", "/v1/files/file_%00"),
+                         ("GET", "/v1/files/" + "f" * 500), ("GET", "/v1/files/file_%C3%A9")):
+        r = client.request(method, path, headers=h)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", (path, r.text)
+    r = client.get("/v1/files?after=file_%00", headers=h)
+    assert_422(r, "after", "invalid_cursor")
+    assert_422(client.get("/v1/files?purpose=%00", headers=h), "purpose")
+    assert_422(client.get("/v1/files?purpose=pretraining", headers=h), "purpose")
+    r = client.post("/v1/download-links", json={"job_id": "job_\x00", "path": "a\x00"}, headers=h)
+    assert r.status_code == 404, r.text

@@ -127,6 +127,8 @@ def read_token(session: Any, token: str, now: float | None = None) -> tuple[ApiK
 
 
 def _artifact(session: Any, tenant: str, job_id: str, path: str) -> Artifact | None:
+    if "\x00" in job_id or "\x00" in path:  # names nothing; Postgres would refuse the query itself
+        return None
     return session.scalar(select(Artifact).join(Job, Job.id == Artifact.job_id)
                           .where(Job.id == job_id, Job.tenant == tenant, Artifact.path == path))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request
 from sqlalchemy.exc import IntegrityError
@@ -21,6 +21,7 @@ from layerprune.db.files import file_seq, get_file, list_files, live_jobs_using
 from layerprune.db.models import FILE_PURPOSES, File, utcnow
 
 log = logging.getLogger(__name__)
+FilePurpose = Literal[FILE_PURPOSES]  # type: ignore[valid-type]
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 _UPLOAD_BODY = {
@@ -141,7 +142,7 @@ def list_files_route(
     tenant: TenantDep,
     limit: LimitQuery = 20,
     after: AfterQuery = None,
-    purpose: Annotated[str | None, Query(description="only files with this purpose")] = None,
+    purpose: Annotated[FilePurpose | None, Query(description="only files with this purpose")] = None,
 ) -> dict[str, Any]:
     after_seq = None
     if after is not None:
