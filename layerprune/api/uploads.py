@@ -135,6 +135,8 @@ async def receive_upload(request: Request, folder: Path, max_bytes: int) -> Uplo
                             raise ApiError(422, "invalid_request", "send exactly one 'file' part", param="file")
                         filename = disp.get(b"filename", b"upload").decode("utf-8", "replace")
                         filename = os.path.basename(filename.replace("\\", "/"))[:255] or "upload"
+                        # Only a label: control characters (a NUL cannot even be stored) become "_".
+                        filename = "".join("_" if ord(c) < 0x20 or ord(c) == 0x7F else c for c in filename)
                         sink = FileSink(folder, filename, max_bytes)
                         current = "file"
                         if "purpose" in fields:  # known already: stop at the first line no allowed format fits

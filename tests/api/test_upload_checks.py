@@ -265,3 +265,13 @@ def test_delete_removes_the_outcome_too(client, new_tenant, service_settings, pu
     assert sorted(p.name for p in folder.iterdir()) == [f"{f['id']}.formats.json", f"{f['id']}.jsonl"]
     assert client.delete(f"/v1/files/{f['id']}", headers=h).status_code == 200
     assert list(folder.iterdir()) == []
+
+
+def test_control_characters_in_the_file_name_are_replaced(client, new_tenant):
+    _, h = new_tenant
+    body = (b'--b0\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfinetune\r\n'
+            b'--b0\r\nContent-Disposition: form-data; name="file"; filename="a\x00b\x1f.jsonl"\r\n\r\n'
+            + rows_jsonl(ALPACA) + b"\r\n--b0--\r\n")  # raw bytes: httpx would percent-encode the name
+    r = client.post("/v1/files", content=body, headers={**h, "Content-Type": "multipart/form-data; boundary=b0"})
+    assert r.status_code == 201, r.text
+    assert r.json()["filename"] == "a_b_.jsonl"
