@@ -118,8 +118,17 @@ async def _http_handler(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, message, None, exc.headers)
 
 
+# SQLite raises OperationalError for malformed statements too ("JSON path error", "no such
+# table"): those are bugs (500), not an outage a client should retry. These messages are the
+# file being busy or unreachable.
+_SQLITE_UNAVAILABLE = ("database is locked", "database table is locked", "unable to open database",
+                       "disk i/o error", "database or disk is full")
+
+
 def is_database_down(exc: BaseException) -> bool:
     """Connection-level database failures (server down, restarting, pool exhausted)."""
+    if isinstance(exc, sa_exc.OperationalError) and type(exc.orig).__module__ == "sqlite3":
+        return str(exc.orig).lower().startswith(_SQLITE_UNAVAILABLE)
     if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
         return True
     return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)

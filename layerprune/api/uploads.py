@@ -2,15 +2,14 @@
 
 Nothing is buffered whole. The multipart body is parsed chunk by chunk (python-multipart); the
 file part's bytes go straight to a temporary file beside their final place while being hashed,
-counted and checked line by line: JSONL lines must be JSON objects, text must be UTF-8. The
-first bad line, or the byte past ``max_bytes``, stops the upload (422 naming the line / 413) and
-the temporary file is removed; nothing is recorded.
+counted and checked line by line against every format (``api.file_checks``). The first bad line,
+an unsupported file type, or the byte past ``max_bytes`` stops the upload (422 naming the line /
+413) and the temporary file is removed; nothing is recorded.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import secrets
 from dataclasses import dataclass
@@ -22,57 +21,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from layerprune.api.errors import ApiError
+from layerprune.api.file_checks import content_for, upload_formats
 
-JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
-MAX_FIELD_BYTES = 1024  # the non-file form fields (purpose) are tiny
+MAX_FIELD_BYTES = 1024  # the non-file form fields (purpose, format) are tiny
 
 
 def too_large(limit: int) -> ApiError:
     return ApiError(413, "payload_too_large", f"the file is over the {limit}-byte upload limit", param="file")
-
-
-def bad_line(line_no: int, why: str) -> ApiError:
-    return ApiError(422, "invalid_file", f"line {line_no}: {why}", param="file")
-
-
-class LineChecker:
-    """Splits bytes into lines as they arrive and checks each complete line."""
-
-    def __init__(self, jsonl: bool) -> None:
-        self.jsonl = jsonl
-        self.pending = b""
-        self.line_no = 0
-        self.records = 0
-
-    def feed(self, data: bytes) -> None:
-        self.pending += data
-        *lines, self.pending = self.pending.split(b"\n")
-        for line in lines:
-            self._check(line)
-
-    def finish(self) -> None:
-        if self.pending:
-            self._check(self.pending)
-            self.pending = b""
-
-    def _check(self, raw: bytes) -> None:
-        self.line_no += 1
-        if self.line_no == 1:
-            raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
-        try:
-            text = raw.decode("utf-8").rstrip("\r")
-        except UnicodeDecodeError as exc:
-            raise bad_line(self.line_no, f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
-        if not text.strip():
-            return
-        if self.jsonl:
-            try:
-                value = json.loads(text)
-            except ValueError as exc:
-                raise bad_line(self.line_no, f"not valid JSON ({exc})") from None
-            if not isinstance(value, dict):
-                raise bad_line(self.line_no, f"a JSON {type(value).__name__}, expected an object") from None
-        self.records += 1
 
 
 class FileSink:
@@ -80,31 +35,31 @@ class FileSink:
 
     def __init__(self, folder: Path, filename: str, max_bytes: int) -> None:
         self.filename = filename
-        self.jsonl = filename.lower().endswith(JSONL_SUFFIXES)
-        self.ext = "jsonl" if self.jsonl else "txt"
+        self.content, self.ext = content_for(filename)  # refuses an unsupported type before any byte
         self.max_bytes = max_bytes
         folder.mkdir(parents=True, exist_ok=True)
         self.tmp_path = folder / f".upload-{secrets.token_hex(8)}.part"
         self.fh = open(self.tmp_path, "wb")  # noqa: SIM115 - closed in finish/abort
         self.digest = hashlib.sha256()
         self.size = 0
-        self.lines = LineChecker(self.jsonl)
+
+    @property
+    def records(self) -> int:
+        return self.content.records
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
         if self.size > self.max_bytes:
             raise too_large(self.max_bytes)
         self.digest.update(data)
-        self.lines.feed(data)
+        self.content.feed(data)
         self.fh.write(data)
 
     def finish(self) -> None:
-        self.lines.finish()
+        self.content.finish()
         self.fh.flush()
         os.fsync(self.fh.fileno())
         self.fh.close()
-        if self.lines.records == 0:
-            raise ApiError(422, "invalid_file", "the file has no records", param="file")
 
     def abort(self) -> None:
         self.fh.close()
@@ -180,8 +135,12 @@ async def receive_upload(request: Request, folder: Path, max_bytes: int) -> Uplo
                             raise ApiError(422, "invalid_request", "send exactly one 'file' part", param="file")
                         filename = disp.get(b"filename", b"upload").decode("utf-8", "replace")
                         filename = os.path.basename(filename.replace("\\", "/"))[:255] or "upload"
+                        # Only a label: control characters (a NUL cannot even be stored) become "_".
+                        filename = "".join("_" if ord(c) < 0x20 or ord(c) == 0x7F else c for c in filename)
                         sink = FileSink(folder, filename, max_bytes)
                         current = "file"
+                        if "purpose" in fields:  # known already: stop at the first line no allowed format fits
+                            sink.content.formats.expect(upload_formats(fields))
                     else:
                         current = name
                         value = bytearray()

@@ -10,12 +10,15 @@ failure is a core ``SpecError`` (or another typed core error) naming the field â
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from layerprune.core.errors import DeviceUnavailableError, RemoteCodeRefusedError, SpecError
+from layerprune.api.file_checks import PURPOSE_FORMATS, TEXTS, read_formats
+from layerprune.core.errors import DatasetError, DeviceUnavailableError, RemoteCodeRefusedError, SpecError
 from layerprune.core.spec import JobSpec, resolve_layer_count
 from layerprune.db.files import file_refs, get_file
 from layerprune.db.jobs import get_job
@@ -27,8 +30,35 @@ _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 _BUNDLED_LAYERS = {"smollm2-135m-instruct": 30}
 
 
+# Metadata is matched by exact key and value in ``GET /v1/jobs?metadata[key]=value``; the same
+# rules hold where it is stored (POST) and where it is asked for (the query), so anything that
+# can be stored can be found, on both database backends.
+METADATA_KEY_MAX_CHARS = 256
+METADATA_VALUE_MAX_CHARS = 4096
+
+
+def metadata_problem(key: str, value: str) -> tuple[str, str] | None:
+    """``("key" | "value", why)`` when a metadata pair breaks the rules, else None."""
+    if not key:
+        return "key", "metadata keys must not be empty"
+    if len(key) > METADATA_KEY_MAX_CHARS:
+        return "key", f"metadata keys hold at most {METADATA_KEY_MAX_CHARS} characters"
+    bad = next((c for c in key if ord(c) < 0x20 or ord(c) == 0x7F), None)
+    if bad is not None:
+        return "key", f"metadata keys must not contain control characters (found U+{ord(bad):04X})"
+    if len(value) > METADATA_VALUE_MAX_CHARS:
+        return "value", f"metadata values hold at most {METADATA_VALUE_MAX_CHARS} characters"
+    if "\x00" in value:
+        return "value", "metadata values must not contain a NUL character"
+    return None
+
+
 def validate_job_spec(session: Session, tenant: str, spec: JobSpec, settings: Settings) -> None:
     """Raise a typed core error (â†’ 422 naming the field) for anything a worker would refuse."""
+    for key, value in spec.metadata.items():
+        problem = metadata_problem(key, value)
+        if problem is not None:
+            raise SpecError(problem[1], param="metadata" if problem[0] == "key" else f"metadata.{key}")
     _check_model_ref(session, tenant, spec, settings)
     _check_files(session, tenant, spec)
     if spec.webhook is not None:
@@ -50,6 +80,8 @@ def validate_job_spec(session: Session, tenant: str, spec: JobSpec, settings: Se
                             f"{layers - remaining} layers removed", param="prune.iterative_step")
     if spec.finetune is not None:
         from layerprune.core.finetune import check_finetune_spec
+
+        _check_prompt_fits(spec, settings)
 
         ft = spec.finetune
         if ft.method == "qlora":  # CUDA was checked above for the service's workers, not this host
@@ -80,27 +112,105 @@ def _check_model_ref(session: Session, tenant: str, spec: JobSpec, settings: Set
                             param="model")
 
 
+# The format each file-naming spec field reads its file as: a key of the upload checks' format
+# table (``api.file_checks``), so a new use of uploaded files is one entry here.
+FILE_USES: dict[str, Callable[[JobSpec], str]] = {
+    "finetune.dataset": lambda spec: spec.finetune.format if spec.finetune is not None else "",
+    "prune.calibration.dataset": lambda spec: TEXTS,
+    "evaluate.perplexity.dataset": lambda spec: TEXTS,
+}
+
+
 def _check_files(session: Session, tenant: str, spec: JobSpec) -> None:
     data = spec.model_dump(mode="json")
     for path, file_id in file_refs(data).items():
         row = get_file(session, tenant, file_id)
         if row is None:
             raise SpecError(f"no uploaded file '{file_id}'", param=path)
-        if path == "finetune.dataset" and spec.finetune is not None:
-            is_text = row.storage_path.endswith(".txt")
-            if is_text != (spec.finetune.format == "text"):
-                raise SpecError(f"file {file_id} is {'plain text' if is_text else 'JSONL'}; "
-                                f"format '{spec.finetune.format}' does not fit it", param="finetune.format")
+        use = FILE_USES.get(path)
+        if use is None:
+            continue
+        needed = use(spec)
+        outcome = read_formats(row.storage_path)
+        if outcome is None:  # uploaded before the per-format checks: only its kind is known
+            _check_file_kind(spec, path, file_id, row.storage_path)
+            continue
+        why = outcome.get(needed)
+        if why is None:  # fits (or a format newer than the upload: the worker checks it)
+            continue
+        if path == "finetune.dataset":
+            fits = [f for f in PURPOSE_FORMATS["finetune"] if f in outcome and outcome[f] is None]
+            if fits:
+                raise SpecError(f"file {file_id} is format {' / '.join(repr(f) for f in fits)}, not '{needed}' "
+                                f"({why})", param="finetune.format")
+            raise SpecError(f"file {file_id} does not fit format '{needed}': {why}", param=path)
+        raise SpecError(f"file {file_id} cannot be read as calibration or perplexity text: {why}", param=path)
 
 
-def _local_model_dir(ref: str, settings: Settings) -> Path | None:
-    if ref.startswith(("/", "./", "../", "~")) or ref in (".", ".."):
-        return Path(ref).expanduser().resolve()
-    for root in settings.model_root_paths:
-        candidate = root / ref
-        if candidate.is_dir():
-            return candidate.resolve()
-    return None
+def _check_file_kind(spec: JobSpec, path: str, file_id: str, storage_path: str) -> None:
+    if path == "finetune.dataset" and spec.finetune is not None:
+        is_text = storage_path.endswith(".txt")
+        if is_text != (spec.finetune.format == "text"):
+            raise SpecError(f"file {file_id} is {'plain text' if is_text else 'JSONL'}; "
+                            f"format '{spec.finetune.format}' does not fit it", param="finetune.format")
+
+
+def _shortest_prompt(fmt: str) -> str | None:
+    """The prompt of ``fmt`` around empty fields (core's own template), or None: no template."""
+    from layerprune.core.finetune.data import FIELDS, prompt_and_response
+
+    row = dict.fromkeys(FIELDS.get(fmt, {}), "")
+    try:
+        prompt, _ = prompt_and_response(row, fmt, None)
+    except (DatasetError, KeyError, TypeError, AttributeError):
+        return None  # text (no prompt) or chat (the tokenizer's template)
+    return prompt
+
+
+def _tokenizer_file(spec: JobSpec, settings: Settings) -> Path | None:
+    """The model's ``tokenizer.json`` when it is on this host (bundled and cached, or local)."""
+    ref = spec.model
+    if ref.startswith("bundled:"):
+        from layerprune.core.bundled import cache_dir
+
+        folder: Path | None = cache_dir() / "models" / ref.removeprefix("bundled:")
+    elif ref.startswith("job:"):
+        folder = None
+    else:
+        from layerprune.core.sources import local_model_path
+
+        folder = local_model_path(ref, settings.model_root_paths)
+    if folder is None or not (folder / "tokenizer.json").is_file():
+        return None
+    return folder / "tokenizer.json"
+
+
+@lru_cache(maxsize=8)
+def _tokenizer(path: str, _mtime_ns: int) -> Any:
+    from tokenizers import Tokenizer  # the Rust tokenizer alone: no torch, no transformers
+
+    return Tokenizer.from_file(path)
+
+
+def _check_prompt_fits(spec: JobSpec, settings: Settings) -> None:
+    """Refuse a max_seq_len that cannot hold the format's prompt template plus one response token:
+    every example would be cut before its response, and the job would fail after pruning."""
+    ft = spec.finetune
+    if ft is None or ft.method == "none":
+        return
+    prompt = _shortest_prompt(ft.format)
+    tokenizer_file = _tokenizer_file(spec, settings) if prompt is not None else None
+    if prompt is None or tokenizer_file is None:
+        return  # no template, or a model not on this host: the worker checks with the real rows
+    try:
+        tokenizer = _tokenizer(str(tokenizer_file), tokenizer_file.stat().st_mtime_ns)
+    except Exception:  # noqa: BLE001 - a tokenizer file we cannot read here: the worker reports it
+        return
+    n = len(tokenizer.encode(prompt, add_special_tokens=False).ids)
+    if ft.max_seq_len < n + 1:
+        raise SpecError(f"max_seq_len {ft.max_seq_len} cannot hold format '{ft.format}''s prompt template "
+                        f"({n} tokens with this model's tokenizer, before any instruction) plus one response "
+                        f"token: use at least {n + 1}", param="finetune.max_seq_len")
 
 
 def _layers_from_config(config: dict[str, Any]) -> int | None:
@@ -134,7 +244,9 @@ def model_layer_count(session: Session, tenant: str, spec: JobSpec, settings: Se
         result = (job.result if job is not None else None) or {}
         value = result.get("num_layers_after")
         return int(value) if isinstance(value, int) else None
-    local = _local_model_dir(ref, settings)
+    from layerprune.core.sources import local_model_path
+
+    local = local_model_path(ref, settings.model_root_paths)
     if local is None:
         return None
     config = _read_config(local / "config.json")
@@ -151,4 +263,4 @@ def model_layer_count(session: Session, tenant: str, spec: JobSpec, settings: Se
 
 
 
-__all__ = ["validate_job_spec", "model_layer_count", "cuda_workers"]
+__all__ = ["validate_job_spec", "model_layer_count", "cuda_workers", "metadata_problem"]

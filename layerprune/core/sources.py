@@ -81,8 +81,28 @@ def _under(path: Path, roots: Sequence[Path]) -> bool:
     return False
 
 
-def _local_path(ref: str, model_roots: Sequence[Path] | None) -> Path | None:
+def _path_refused(ref: str, exc: Exception) -> SpecError:
+    # An unknown ~user, a NUL byte or an over-long name is the client's input, not our failure.
+    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return SpecError(f"model path '{ref[:200]}' cannot be used: {why}", param="model")
+
+
+def local_model_path(ref: str, model_roots: Sequence[Path] | None) -> Path | None:
     """The directory ``ref`` names, or None when ``ref`` is not a local path."""
+    try:
+        return _find_local_path(ref, model_roots)
+    except (RuntimeError, ValueError, OSError) as exc:  # expanduser / resolve / stat of a bad name
+        raise _path_refused(ref, exc) from None
+
+
+def _is_dir(ref: str, path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (ValueError, OSError) as exc:
+        raise _path_refused(ref, exc) from None
+
+
+def _find_local_path(ref: str, model_roots: Sequence[Path] | None) -> Path | None:
     if _looks_like_path(ref, model_roots):
         path = Path(ref).expanduser().resolve()
     elif model_roots:
@@ -106,6 +126,9 @@ def validate_model_ref(ref: str, model_roots: Sequence[Path] | None) -> None:
 
     if not ref or ref != ref.strip():
         raise SpecError("model must be a non-empty reference without surrounding spaces", param="model")
+    bad = next((c for c in ref if ord(c) < 0x20 or ord(c) == 0x7F), None)
+    if bad is not None:
+        raise SpecError(f"model must not contain control characters (found U+{ord(bad):04X})", param="model")
     if ref.startswith("bundled:"):
         if ref.removeprefix("bundled:") not in BUNDLED_MODELS:
             raise SpecError(
@@ -117,9 +140,9 @@ def validate_model_ref(ref: str, model_roots: Sequence[Path] | None) -> None:
         if not JOB_REF.match(ref):
             raise SpecError("a job reference looks like 'job:<job id>'", param="model")
         return
-    path = _local_path(ref, model_roots)
+    path = local_model_path(ref, model_roots)
     if path is not None:
-        if not path.is_dir():
+        if not _is_dir(ref, path):
             raise SpecError(f"model directory '{ref}' does not exist", param="model")
         return
     if not HUB_ID.match(ref) or ".." in ref:
@@ -277,7 +300,7 @@ def resolve_model(ref: str, revision: str | None = None, *, model_roots: Sequenc
             raise ModelSourceError("job outputs can only be used inside the service", param="model")
         local_dir = Path(job_dir(ref.removeprefix("job:")))
     else:
-        path = _local_path(ref, model_roots)
+        path = local_model_path(ref, model_roots)
         if path is not None:
             kind, local_dir = "local", path
         else:

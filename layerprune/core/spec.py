@@ -16,6 +16,7 @@ import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from layerprune.core.errors import SpecError
 
@@ -49,7 +50,27 @@ NonNegInt = Annotated[int, Field(ge=0)]
 
 class _Strict(BaseModel):
     # Unknown fields are errors: a typo in a spec must not silently fall back to a default.
-    model_config = ConfigDict(extra="forbid")
+    # Infinity and NaN are refused in every float field (JSON parsers accept them; no setting means them).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        # A NUL character cannot be stored (Postgres JSONB), named as a path, or meant: refuse it
+        # in every string, also inside lists and dicts (metadata keys included).
+        if _has_nul(value):
+            raise PydanticCustomError("nul_character", "must not contain a NUL character")
+        return value
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    return False
 
 
 class CalibrationSpec(_Strict):

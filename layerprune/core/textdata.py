@@ -41,7 +41,7 @@ def hub_offline() -> bool:
 def read_jsonl(path: Path, *, param: str | None = None) -> list[dict[str, Any]]:
     """Objects of a JSONL file; a bad line is a DatasetError naming its line number."""
     rows: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8-sig") as fh:  # a byte-order mark is not part of line 1
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -116,7 +116,7 @@ def _load_hub(ref: str, *, param: str | None, split: str) -> list[dict[str, Any]
 def load_texts(ref: str, *, param: str | None = None, split: str = "train") -> list[str]:
     """Texts of a data set reference: the ``text`` field (or a similar one) of each row."""
     rows = load_rows(ref, param=param, split=split)
-    field = next((f for f in TEXT_FIELDS if f in rows[0]), None)
+    field = text_field(rows[0])
     if field is None:
         raise DatasetError(f"rows of '{ref}' have no text field (one of {', '.join(TEXT_FIELDS)})", param=param)
     texts = [str(r.get(field) or "") for r in rows]
@@ -124,6 +124,12 @@ def load_texts(ref: str, *, param: str | None = None, split: str = "train") -> l
     if not texts:
         raise DatasetError(f"data set '{ref}' has no text", param=param)
     return texts
+
+
+def text_field(first_row: dict[str, Any]) -> str | None:
+    """The field :func:`load_texts` reads every row's text from: the first of ``TEXT_FIELDS``
+    that the first row has (torch-free: the API checks uploads with it)."""
+    return next((f for f in TEXT_FIELDS if f in first_row), None)
 
 
 def token_windows(texts: list[str], tokenizer: Any, seq_len: int, num: int | None, seed: int | None = None):  # type: ignore[no-untyped-def]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from layerprune.db.events import add_event
@@ -75,11 +75,23 @@ def list_jobs(
     if status is not None:
         stmt = stmt.where(Job.status == status)
     for key, value in (metadata or {}).items():
-        stmt = stmt.where(Job.metadata_[key].as_string() == value)
+        stmt = stmt.where(metadata_matches(session, key, value))
     if after_seq is not None:
         stmt = stmt.where(Job.seq < after_seq)
     rows = list(session.scalars(stmt.order_by(Job.seq.desc()).limit(limit + 1)))
     return Page(rows[:limit], len(rows) > limit)
+
+
+def metadata_matches(session: Session, key: str, value: str) -> ColumnElement[bool]:
+    """``metadata[key] == value`` for any key, the same on both backends.
+
+    SQLite's JSON path syntax cannot quote every key (a ``"`` in it silently matches nothing),
+    so there the key is compared as a value of ``json_each``; Postgres takes it as a parameter.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        pairs = func.json_each(Job.metadata_).table_valued("key", "value", "type").alias("md")
+        return exists().where(pairs.c.key == key, pairs.c.type == "text", pairs.c.value == value)
+    return Job.metadata_[key].as_string() == value
 
 
 def mark_dispatched_now(session: Session, job_id: str) -> bool:

@@ -31,18 +31,25 @@ def test_upload_jsonl_and_text(client, new_tenant, service_settings):
 
     text = "First paragraph.\n\nSecond one, with ünïcode.\r\nThird.\n".encode()
     t = upload(client, h, "corpus.txt", text, purpose="calibration").json()
-    assert t["num_records"] == 3 and t["purpose"] == "calibration"
+    # Records of plain text are the paragraphs core reads (blank-line separated): 2 here, not 3 lines.
+    from layerprune.core.textdata import load_rows
+
+    assert t["num_records"] == len(load_rows(str(service_settings.uploads_dir / tenant / f"{t['id']}.txt"))) == 2
+    assert t["purpose"] == "calibration"
     listed = client.get("/v1/files", headers=h).json()
     assert [x["id"] for x in listed["data"]] == [t["id"], f["id"]] and listed["has_more"] is False
     assert [x["id"] for x in client.get("/v1/files", params={"limit": 1, "after": t["id"]}, headers=h).json()["data"]] == [f["id"]]
     assert [x["id"] for x in client.get("/v1/files", params={"purpose": "finetune"}, headers=h).json()["data"]] == [f["id"]]
 
 
+OK = b'{"instruction": "i", "output": "o"}'
+
+
 @pytest.mark.parametrize("data,line", [
-    (b'{"a": 1}\n{"a": 2\n{"a": 3}\n', 2),  # invalid JSON
-    (b'{"a": 1}\n\n[1, 2]\n', 3),  # not an object (blank lines still count)
-    (b'{"a": 1}\n"text"', 2),  # the last line without a newline is checked too
-    (b'{"a": 1}\n{"b": "\xff\xfe"}\n', 2),  # not UTF-8
+    (OK + b'\n{"a": 2\n' + OK + b'\n', 2),  # invalid JSON
+    (OK + b'\n\n[1, 2]\n', 3),  # not an object (blank lines still count)
+    (OK + b'\n"text"', 2),  # the last line without a newline is checked too
+    (OK + b'\n{"b": "\xff\xfe"}\n', 2),  # not UTF-8
 ])
 def test_bad_jsonl_line_is_422_naming_it(client, new_tenant, service_settings, data, line):
     tenant, h = new_tenant
@@ -102,8 +109,10 @@ def test_oversize_is_413_and_nothing_stored(app, new_tenant, service_settings, t
         r = upload(c, h, "big.jsonl", line * 400)  # with Content-Length: refused before reading
         assert r.status_code == 413
         assert len(c.get("/v1/files", headers=h).json()["data"]) == 1
-    left = [p.name for p in (tmp_path / "uploads" / tenant).iterdir()]
-    assert len(left) == 1 and left[0].startswith("file_") and left[0].endswith(".jsonl")  # no partial upload
+    left = sorted(p.name for p in (tmp_path / "uploads" / tenant).iterdir())
+    # The accepted file and its per-format outcome; no partial upload.
+    assert len(left) == 2 and left[0].startswith("file_") and left[0].endswith(".formats.json")
+    assert left[1] == left[0].removesuffix(".formats.json") + ".jsonl"
 
 
 def test_upload_idempotency(client, new_tenant):
@@ -113,7 +122,7 @@ def test_upload_idempotency(client, new_tenant):
     assert first.status_code == 201
     again = upload(client, hk, "a.jsonl", JSONL)
     assert again.status_code == 200 and again.json() == first.json()
-    other = upload(client, hk, "a.jsonl", JSONL + b'{"x": 1}\n')
+    other = upload(client, hk, "a.jsonl", JSONL + OK + b"\n")
     assert other.status_code == 409
     assert len(client.get("/v1/files", headers=h).json()["data"]) == 1
 

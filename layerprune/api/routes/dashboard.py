@@ -18,6 +18,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -88,28 +89,46 @@ def make_token(key_row: ApiKey, job_id: str, path: str, expires_at: int) -> str:
     return f"{payload}.{_b64(sig)}"
 
 
+# A real token is about 200 characters; anything far longer is refused before it is decoded.
+TOKEN_MAX_CHARS = 1024
+_KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
 def read_token(session: Any, token: str, now: float | None = None) -> tuple[ApiKey, dict[str, Any]] | None:
-    """The key row and payload of a valid, unexpired token of an active key; None otherwise."""
+    """The key row and payload of a valid, unexpired token of an active key; None otherwise.
+
+    The signature is checked before any claim is used: the one lookup before it is the key row
+    whose stored hash *is* the signing secret, by an id of the shape every key id has (a NUL or a
+    kilobyte of junk never reaches the database). Decoding is bounded by ``TOKEN_MAX_CHARS``.
+    """
+    if len(token) > TOKEN_MAX_CHARS:
+        return None
     payload, _, sig = token.partition(".")
     try:
-        claims = json.loads(_unb64(payload))
         given = _unb64(sig)
-    except (ValueError, UnicodeDecodeError):
+        claims = json.loads(_unb64(payload))
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
-    if not isinstance(claims, dict) or not {"j", "p", "k", "e"} <= set(claims):
+    if not isinstance(claims, dict) or not isinstance(claims.get("k"), str) or not _KEY_ID.match(claims["k"]):
         return None
-    row = session.get(ApiKey, str(claims["k"]))
+    row = session.get(ApiKey, claims["k"])
     if row is None or row.revoked_at is not None:
         return None
     expected = hmac.new(row.key_hash.encode(), payload.encode(), hashlib.sha256).digest()
     if not hmac.compare_digest(expected, given):
         return None
-    if (now if now is not None else time.time()) > float(claims["e"]):
+    # Signed by us, so well-formed; checked anyway so that no shape can become a 500.
+    if not (isinstance(claims.get("j"), str) and isinstance(claims.get("p"), str)
+            and isinstance(claims.get("e"), int)):
+        return None
+    if (now if now is not None else time.time()) > claims["e"]:
         return None
     return row, claims
 
 
 def _artifact(session: Any, tenant: str, job_id: str, path: str) -> Artifact | None:
+    if "\x00" in job_id or "\x00" in path:  # names nothing; Postgres would refuse the query itself
+        return None
     return session.scalar(select(Artifact).join(Job, Job.id == Artifact.job_id)
                           .where(Job.id == job_id, Job.tenant == tenant, Artifact.path == path))
 

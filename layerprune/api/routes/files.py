@@ -5,21 +5,23 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request
 from sqlalchemy.exc import IntegrityError
 
 from layerprune.api.deps import SessionDep, SettingsDep, TenantDep
 from layerprune.api.errors import ApiError, not_found
+from layerprune.api.file_checks import PURPOSE_FORMATS, formats_path, upload_formats, write_formats
 from layerprune.api.pagination import AfterQuery, LimitQuery, bad_cursor, envelope
 from layerprune.api.schemas import FileDeleted, FilePublic, FilesPublic, error_responses
-from layerprune.api.uploads import receive_upload
+from layerprune.api.uploads import FileSink, receive_upload
 from layerprune.db import idempotency
 from layerprune.db.files import file_seq, get_file, list_files, live_jobs_using
 from layerprune.db.models import FILE_PURPOSES, File, utcnow
 
 log = logging.getLogger(__name__)
+FilePurpose = Literal[FILE_PURPOSES]  # type: ignore[valid-type]
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 _UPLOAD_BODY = {
@@ -27,8 +29,12 @@ _UPLOAD_BODY = {
     "content": {"multipart/form-data": {
         "schema": {"type": "object", "required": ["file", "purpose"], "properties": {
             "file": {"type": "string", "format": "binary",
-                     "description": "JSONL (.jsonl: one JSON object per line) or plain UTF-8 text"},
+                     "description": "JSONL (.jsonl, .ndjson, .json: one JSON object per line) or plain UTF-8 "
+                                    "text (.txt); every record is checked against the formats its purpose allows"},
             "purpose": {"type": "string", "enum": list(FILE_PURPOSES)},
+            "format": {"type": "string", "enum": list(PURPOSE_FORMATS["finetune"]),
+                       "description": "optional, purpose finetune only: every record must fit this format "
+                                      "(without it, every record must fit one format the purpose allows)"},
         }},
         "example": {"purpose": "finetune"},
     }},
@@ -56,8 +62,10 @@ def _replay(session: Any, tenant: str, key: str, digest: str, ttl: int) -> FileP
     status_code=201,
     response_model=FilePublic,
     summary="Upload a data file",
-    description="Multipart `file` + `purpose`. Validated while it streams: a bad JSONL line is a 422 naming "
-                "the line; a file over the upload limit is a 413. Nothing is stored unless all of it is valid.",
+    description="Multipart `file` + `purpose` (+ optional `format`). Validated while it streams: a bad line "
+                "(invalid JSON, or a record no allowed format fits, such as an alpaca row without `output`) "
+                "is a 422 naming the line; a file over the upload limit is a 413. Nothing is stored unless all "
+                "of it is valid.",
     openapi_extra={"requestBody": _UPLOAD_BODY},
     responses={200: {"model": FilePublic, "description": "Replay of an earlier upload with the same Idempotency-Key"},
                **error_responses(401, 409, 413, 415, 422, 503)},
@@ -75,20 +83,22 @@ async def upload_file(
     upload = await receive_upload(request, folder, settings.max_upload_bytes)
     sink = upload.sink
     try:
-        purpose = upload.fields.get("purpose", "")
-        if purpose not in FILE_PURPOSES:
-            raise ApiError(422, "invalid_request", f"purpose must be one of {', '.join(FILE_PURPOSES)}",
-                           param="purpose")
-        status, body = await run_in_threadpool(_record, request, tenant, settings, sink, purpose, idempotency_key)
+        sink.content.formats.expect(upload_formats(upload.fields))  # the purpose may have come after the file
+        status, body = await run_in_threadpool(_record, request, tenant, settings, sink, upload.fields,
+                                               idempotency_key)
     except BaseException:
         sink.abort()
         raise
     return JSONResponse(body.model_dump(mode="json"), status_code=status)
 
 
-def _record(request: Request, tenant: str, settings: Any, sink: Any, purpose: str,
+def _record(request: Request, tenant: str, settings: Any, sink: FileSink, fields: dict[str, str],
             key: str | None) -> tuple[int, FilePublic]:
-    digest = idempotency.request_hash({"filename": sink.filename, "purpose": purpose, "sha256": sink.digest.hexdigest()})
+    purpose = fields["purpose"]
+    asked = {"filename": sink.filename, "purpose": purpose, "sha256": sink.digest.hexdigest()}
+    if fields.get("format"):
+        asked["format"] = fields["format"]
+    digest = idempotency.request_hash(asked)
     with request.app.state.session_factory() as session:
         if key:
             replayed = _replay(session, tenant, key, digest, settings.idempotency_ttl_hours)
@@ -96,11 +106,12 @@ def _record(request: Request, tenant: str, settings: Any, sink: Any, purpose: st
                 sink.abort()
                 return 200, replayed
         row = File(tenant=tenant, filename=sink.filename, purpose=purpose, size_bytes=sink.size,
-                   sha256=sink.digest.hexdigest(), num_records=sink.lines.records, storage_path="")
+                   sha256=sink.digest.hexdigest(), num_records=sink.records, storage_path="")
         session.add(row)
         session.flush()
         final = sink.tmp_path.parent / f"{row.id}.{sink.ext}"
         row.storage_path = str(final)
+        facts = write_formats(final, sink.content.outcome())
         os.replace(sink.tmp_path, final)
         try:
             if key:
@@ -109,6 +120,7 @@ def _record(request: Request, tenant: str, settings: Any, sink: Any, purpose: st
         except IntegrityError:
             session.rollback()
             final.unlink(missing_ok=True)
+            facts.unlink(missing_ok=True)
             if key:
                 replayed = _replay(session, tenant, key, digest, settings.idempotency_ttl_hours)
                 if replayed is not None:
@@ -117,6 +129,7 @@ def _record(request: Request, tenant: str, settings: Any, sink: Any, purpose: st
         except BaseException:
             session.rollback()
             final.unlink(missing_ok=True)
+            facts.unlink(missing_ok=True)
             raise
         log.info("file uploaded", extra={"file_id": row.id, "size_bytes": row.size_bytes, "tenant": tenant})
         return 201, FilePublic.from_row(row)
@@ -129,7 +142,7 @@ def list_files_route(
     tenant: TenantDep,
     limit: LimitQuery = 20,
     after: AfterQuery = None,
-    purpose: Annotated[str | None, Query(description="only files with this purpose")] = None,
+    purpose: Annotated[FilePurpose | None, Query(description="only files with this purpose")] = None,
 ) -> dict[str, Any]:
     after_seq = None
     if after is not None:
@@ -160,8 +173,9 @@ def delete_file_route(file_id: str, session: SessionDep, tenant: TenantDep) -> F
         raise ApiError(409, "file_in_use", f"the file is used by live job(s): {', '.join(users[:5])}")
     row.deleted_at = utcnow()
     session.commit()
-    try:
-        os.unlink(row.storage_path)
-    except OSError:
-        pass  # already gone: the row says deleted either way
+    for path in (row.storage_path, formats_path(row.storage_path)):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass  # already gone: the row says deleted either way
     return FileDeleted(id=row.id)

@@ -13,7 +13,7 @@ from layerprune.api.deps import SessionDep, SettingsDep, TenantDep
 from layerprune.api.errors import ApiError, not_found
 from layerprune.api.pagination import AfterQuery, LimitQuery, bad_cursor, envelope
 from layerprune.api.schemas import JOB_CREATE_EXAMPLES, JobCreate, JobPublic, JobsPublic, error_responses
-from layerprune.api.validation import validate_job_spec
+from layerprune.api.validation import metadata_problem, validate_job_spec
 from layerprune.db import idempotency
 from layerprune.db.jobs import (
     JobStateConflict,
@@ -35,7 +35,7 @@ IdempotencyKeyHeader = Annotated[
            description="Same key + same body within 24 h returns the same job (200); another body is 409"),
 ]
 JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
-_METADATA_PARAM = re.compile(r"^metadata\[(.+)\]$")
+_METADATA_PARAM = re.compile(r"^metadata\[(.*)\]$", re.DOTALL)
 
 
 def _replay(session: Any, tenant: str, key: str, digest: str, ttl_hours: int) -> JobPublic | None:
@@ -132,6 +132,10 @@ def list_jobs_route(
     for name, value in request.query_params.multi_items():
         m = _METADATA_PARAM.match(name)
         if m:
+            problem = metadata_problem(m.group(1), value)
+            if problem is not None:
+                raise ApiError(422, "invalid_request", problem[1],
+                               param="metadata" if problem[0] == "key" else name)
             metadata[m.group(1)] = value
     after_seq = None
     if after is not None:

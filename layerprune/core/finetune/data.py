@@ -69,6 +69,16 @@ def validate_rows(rows: list[dict[str, Any]], fmt: str) -> list[dict[str, Any]]:
     return rows
 
 
+def row_problem(row: Any, fmt: str) -> str | None:
+    """Why one row does not fit ``fmt`` (validate_rows' check of a row), or None when it does.
+    Torch-free: the API checks every line of an upload with it."""
+    try:
+        validate_rows([row], fmt)
+    except DatasetError as exc:
+        return exc.message.removeprefix("row 1: ")
+    return None
+
+
 def _check_messages(messages: Any, n: int) -> None:
     if not isinstance(messages, list) or not messages:
         raise DatasetError(f"row {n}: 'messages' must be a non-empty list", param=PARAM)
