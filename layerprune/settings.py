@@ -8,6 +8,7 @@ Production sets ``LAYERPRUNE_DATABASE_URL=postgresql+psycopg://…`` and
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -66,10 +67,46 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     auto_migrate: bool = True  # apply migrations when the API starts (LAYERPRUNE_AUTO_MIGRATE=0 to skip)
 
+    # Security (issue 11)
+    # HMAC secret of the stored API-key hashes (db/keys.py). Unset: generated once under data_dir
+    # with the embedded SQLite database (development); required with a server database.
+    key_secret: str | None = None
+    # Base of every link the API builds ("https://lp.example.com" or ".../prefix"); unset: links are
+    # root-relative ("/v1/..."), never built from the request's Host header.
+    public_url: str = ""
+    auth_fail_limit: int = Field(10, ge=1)  # wrong API keys from one client per window before 429
+    auth_fail_window_seconds: float = Field(60.0, gt=0)
+    auth_fail_max_clients: int = Field(10000, ge=1)  # client addresses remembered (least recent dropped)
+    trusted_proxies: str = ""  # comma-separated addresses/CIDRs whose X-Forwarded-For names the client
+
     @field_validator("data_dir", mode="after")
     @classmethod
     def _abs(cls, v: Path) -> Path:
         return v.expanduser().resolve()
+
+    @field_validator("public_url", mode="after")
+    @classmethod
+    def _public_url(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        v = v.strip().rstrip("/")
+        if not v:
+            return ""
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError("LAYERPRUNE_PUBLIC_URL must look like https://host[:port][/prefix]")
+        return v
+
+    @field_validator("trusted_proxies", mode="after")
+    @classmethod
+    def _proxies(cls, v: str) -> str:
+        for item in v.split(","):
+            if item.strip():
+                try:
+                    ipaddress.ip_network(item.strip(), strict=False)
+                except ValueError:
+                    raise ValueError(f"LAYERPRUNE_TRUSTED_PROXIES: {item.strip()!r} is not an address or CIDR") from None
+        return v
 
     @property
     def effective_database_url(self) -> str:
@@ -119,6 +156,15 @@ class Settings(BaseSettings):
     @property
     def queues(self) -> list[str]:
         return [q.strip() for q in self.worker_queues.split(",") if q.strip()]
+
+    @property
+    def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(p.strip(), strict=False) for p in self.trusted_proxies.split(",") if p.strip()]
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        """True with the embedded SQLite default (development); False with a server database."""
+        return self.effective_database_url.startswith("sqlite")
 
 
 @lru_cache(maxsize=1)

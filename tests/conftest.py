@@ -14,7 +14,11 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+from tests.service_fixtures import TEST_KEY_SECRET  # noqa: E402
 from tests.tiny import save_tiny  # noqa: E402
+
+# Services on a server database refuse to start without an API-key secret (db/keys.py).
+os.environ.setdefault("LAYERPRUNE_KEY_SECRET", TEST_KEY_SECRET)
 
 
 @pytest.fixture(scope="session")

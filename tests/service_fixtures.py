@@ -32,6 +32,8 @@ PG_ADMIN_URL = os.environ.get("LAYERPRUNE_TEST_PG_ADMIN", "postgresql://postgres
 
 TENANT_A_KEY = "test-key-a-" + "0" * 16
 TENANT_B_KEY = "test-key-b-" + "1" * 16
+# The API-key HMAC secret of test services (a server database needs one; db/keys.py).
+TEST_KEY_SECRET = "test-key-secret-" + "2" * 32
 
 
 def _pg_admin_connect():  # noqa: ANN202 - a psycopg connection

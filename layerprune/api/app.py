@@ -20,7 +20,9 @@ from fastapi import FastAPI, Request
 from layerprune.api.background import Housekeeper
 from layerprune.api.body_limit import BodyLimitMiddleware
 from layerprune.api.errors import install_error_handlers
+from layerprune.api.openapi import install_openapi
 from layerprune.api.routes import artifacts, dashboard, events, files, health, jobs, retention
+from layerprune.db.keys import key_secret
 from layerprune.db.session import session_factory as make_session_factory
 from layerprune.logs import bind, configure_logging
 from layerprune.settings import Settings, get_settings
@@ -59,6 +61,7 @@ def _startup_work(settings: Settings) -> bool:
 def create_app(settings: Settings | None = None, *, start_background: bool = True) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_json)
+    key_secret(settings)  # refuse to start without a usable API-key secret (db/keys.py)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -97,6 +100,7 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Tru
     app.state.database_url = settings.effective_database_url
     app.state.session_factory = make_session_factory(settings.effective_database_url)
     install_error_handlers(app)
+    install_openapi(app)
     for router in (jobs.router, events.router, artifacts.router, files.router, health.router,
                    retention.router, dashboard.router):
         app.include_router(router)

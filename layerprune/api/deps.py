@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from layerprune.api import auth_limit
 from layerprune.api.errors import ApiError
 from layerprune.db.keys import tenant_for_key
 from layerprune.logs import bind_fields
@@ -46,9 +47,11 @@ def get_tenant(
     """The tenant of the request's API key; 401 with ``WWW-Authenticate: Bearer`` otherwise."""
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    auth_limit.refuse_if_blocked(request)  # 429 while this client is over the failed-key limit
     tenant = tenant_for_key(session, credentials.credentials)
     session.rollback()  # end the read transaction (SQLite: release the lock early)
     if tenant is None:
+        auth_limit.record_failure(request)
         raise _unauthorized("invalid API key")
     bind_fields(tenant=tenant)
     request.state.tenant = tenant  # for the request log line (sync dependencies run in a thread)

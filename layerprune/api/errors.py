@@ -13,9 +13,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from layerprune.core.errors import LayerPruneError
 
@@ -109,8 +110,35 @@ async def _core_error_handler(_request: Request, exc: Exception) -> JSONResponse
     return error_response(422, exc.code, exc.message, exc.param)
 
 
-async def _http_handler(_request: Request, exc: Exception) -> JSONResponse:
+_METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> str:
+    """``Allow`` for the request's path: every method of every route on that path, and OPTIONS.
+
+    Starlette's own 405 names only the methods of the first route that matched the path, so a
+    path served by two routes (GET and DELETE ``/v1/jobs/{id}``) advertised one of them.
+    """
+    allowed = []
+    for method in _METHOD_ORDER:
+        # A fresh scope per method, matched through the routers' public ``matches`` (which also
+        # walks included routers): FULL means a route on this path takes this method.
+        probe = {"type": "http", "path": request.scope["path"], "root_path": request.scope.get("root_path", ""),
+                 "method": method, "headers": [], "query_string": b""}
+        if method == "OPTIONS" or any(r.matches(probe)[0] == Match.FULL for r in request.app.router.routes):
+            allowed.append(method)
+    return ", ".join(allowed)
+
+
+async def _http_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        allow = allowed_methods(request)
+        if request.method == "OPTIONS":
+            # RFC 9110 §9.3.7: OPTIONS asks which methods the resource supports; that is an answer.
+            return Response(status_code=204, headers={"Allow": allow})
+        return error_response(405, "method_not_allowed", f"{request.method} is not supported here; use {allow}",
+                              headers={"Allow": allow})
     if isinstance(exc, ApiError):
         return error_response(exc.status_code, exc.code, exc.message, exc.param, exc.headers)
     code = STATUS_CODES.get(exc.status_code, "error")

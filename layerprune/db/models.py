@@ -89,7 +89,9 @@ class ApiKey(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("key"))
     tenant: Mapped[str] = mapped_column(String(128), index=True)
-    key_hash: Mapped[str] = mapped_column(String(64))  # sha256 hex; the key itself is never stored
+    key_hash: Mapped[str] = mapped_column(String(64))  # hex digest (see db/keys.py); never the key itself
+    # "hmac-sha256" (keyed) or "sha256" (rows from before migration 0002, upgraded on first use)
+    hash_scheme: Mapped[str] = mapped_column(String(16), default="hmac-sha256", server_default="sha256")
     name: Mapped[str | None] = mapped_column(String(256))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column()

@@ -11,7 +11,7 @@
   (cancelled meanwhile) the published copy is deleted: a failed or cancelled job exposes nothing.
 
 Outcomes: typed core errors → failed {code, message}; Cancelled → cancelled; anything else →
-failed ``internal_error`` with the traceback in a log event.
+failed ``internal_error`` with a reference; the traceback goes to the server log only.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import shutil
 import socket
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +34,7 @@ from layerprune.core.errors import Cancelled, DatasetError, LayerPruneError, Mod
 from layerprune.core.pipeline import run_pipeline, stages_of
 from layerprune.core.spec import JobSpec
 from layerprune.db.models import File, Job
-from layerprune.db.queue import add_job_event, cancel_finish, claim_job, fail_job, finish_job
+from layerprune.db.queue import cancel_finish, claim_job, fail_job, finish_job
 from layerprune.settings import Settings, get_settings
 from layerprune.storage import ArtifactStore, get_store
 from layerprune.storage_s3 import storage_failure
@@ -207,12 +206,10 @@ def _attempt(job_id: str, worker_id: str, tenant: str, raw_spec: dict[str, Any],
             return fail("disk_full", f"no space left on the worker's disk: {exc}")
         if type(exc).__name__ == "SoftTimeLimitExceeded":
             return fail("time_limit_exceeded", f"the job ran past the time limit of {settings.task_soft_time_limit}s")
-        tb = traceback.format_exc()
-        log.error("job %s crashed:\n%s", job_id, tb)
-        try:
-            with sf() as s:
-                add_job_event(s, job_id, "log", "internal error", level="error",
-                              data={"traceback": tb[-8000:]})
-        except Exception:  # noqa: BLE001
-            log.warning("job %s: could not record the traceback", job_id)
-        return fail("internal_error", f"internal error: {type(exc).__name__}: {exc}"[:2000])
+        # The traceback and the exception's text (paths, hosts, SQL, other tenants' names...) go
+        # to the server log only; the tenant gets a reference that finds that log record.
+        reference = "err_" + uuid.uuid4().hex[:16]
+        log.error("job %s crashed (reference %s)", job_id, reference, exc_info=exc,
+                  extra={"job_id": job_id, "tenant": tenant, "error_reference": reference})
+        return fail("internal_error", f"internal error (reference {reference}); the service's operators "
+                                      "can find its details in the server logs", {"reference": reference})

@@ -19,6 +19,8 @@ import time
 import uuid
 from pathlib import Path
 
+from tests.service_fixtures import TEST_KEY_SECRET
+
 REPO = Path(__file__).resolve().parents[2]
 SHARED_PG = os.environ.get("LAYERPRUNE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 SHARED_REDIS = os.environ.get("LAYERPRUNE_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -172,6 +174,7 @@ def service_env(data_dir: Path, database_url: str, broker_url: str = "", **extra
         "LAYERPRUNE_PROGRESS_EVENT_INTERVAL_SECONDS": "0.5",
         "LAYERPRUNE_LOG_LEVEL": "INFO",
         "LAYERPRUNE_AUTO_MIGRATE": "1",
+        "LAYERPRUNE_KEY_SECRET": TEST_KEY_SECRET,  # a server database needs one (db/keys.py)
         "OMP_NUM_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",

@@ -81,15 +81,24 @@ def test_unusable_store_fails_as_storage_error_and_exposes_nothing(env, tiny_roo
         assert s.scalars(select(Artifact).where(Artifact.job_id == job_id)).first() is None
 
 
-def test_unexpected_error_is_internal_error_with_traceback(env):
+def test_unexpected_error_keeps_its_traceback_in_the_server_log(env, caplog):
     # A stored spec this version cannot read (written by another version): not the user's fault.
     job_id = new_job(env[1], {"model": "x", "prune": {"metric": "no_such_metric"}})
-    assert _run(env, job_id) == "failed"
+    with caplog.at_level("ERROR", logger="layerprune.worker.runner"):
+        assert _run(env, job_id) == "failed"
     job = _job(env, job_id)
-    assert job.error["code"] == "internal_error"
+    reference = job.error["message"].split("reference ")[1].split(")")[0]
+    assert job.error["code"] == "internal_error" and reference.startswith("err_")
+    # What the tenant can read (the job and its events) holds no traceback and no exception text.
     with env[1]() as s:
-        logs = [e for e in s.scalars(select(JobEvent).where(JobEvent.job_id == job_id)) if e.type == "log"]
-    assert any("Traceback" in e.data.get("traceback", "") for e in logs)
+        events = list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id)))
+    readable = json.dumps([job.error] + [[e.message, e.data] for e in events])
+    assert "Traceback" not in readable and "no_such_metric" not in readable and "ValidationError" not in readable
+    assert events[-1].data["reference"] == reference
+    # The operators' log record has it all, with the job id and the same reference.
+    [record] = [r for r in caplog.records if getattr(r, "error_reference", None) == reference]
+    assert record.job_id == job_id and record.exc_info is not None
+    assert "no_such_metric" in caplog.text and "Traceback" in caplog.text
 
 
 def test_job_model_refs_and_tenancy(env, tiny_root):

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Header, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 from sqlalchemy import select
 
@@ -39,10 +39,12 @@ def _artifacts(session: Any, tenant: str, job_id: str) -> list[Artifact]:
             description="The output model as a Hugging Face directory (config, safetensors weights, tokenizer, "
                         "generation config, README.md model card, layerprune.json). Empty until the job succeeds.",
             responses=error_responses(401, 404, 503))
-def list_artifacts(job_id: str, request: Request, session: SessionDep, tenant: TenantDep) -> list[ArtifactPublic]:
+def list_artifacts(job_id: str, session: SessionDep, tenant: TenantDep, settings: SettingsDep) -> list[ArtifactPublic]:
     rows = _artifacts(session, tenant, job_id)
-    base = str(request.base_url).rstrip("/")
-    items = [ArtifactPublic.from_row(a, f"{base}/v1/jobs/{job_id}/artifacts/{quote(a.path)}") for a in rows]
+    # Never from the request's Host header (a client, or anyone who can reach the server under
+    # another name, would choose where the links point): LAYERPRUNE_PUBLIC_URL, else root-relative.
+    base = settings.public_url
+    items = [ArtifactPublic.from_row(a, f"{base}/v1/jobs/{quote(job_id)}/artifacts/{quote(a.path)}") for a in rows]
     # CONTRACT.md: a bare array of every file (a job's output is small and never paginated).
     return items
 
