@@ -82,6 +82,17 @@ def test_nul_characters_are_refused_naming_the_field(client, new_tenant, body, p
     assert "NUL" in err["message"]
 
 
+@pytest.mark.parametrize("body,param", [
+    ({"prune": {"ratio": 0.25, "seed": 10**30}}, "prune.seed"),
+    ({"prune": {"metric": "manual", "layers": [2**64]}}, "prune.layers"),
+    ({**PRUNE, "finetune": {"max_steps": 2**63}}, "finetune.max_steps"),
+])
+def test_integers_beyond_64_bits_are_refused(client, new_tenant, body, param):
+    _, h = new_tenant
+    err = assert_422(client.post("/v1/jobs", json=body, headers=h), param)
+    assert "64-bit" in err["message"]
+
+
 # ------------------------------------------------------------------ metadata
 
 
