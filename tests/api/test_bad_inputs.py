@@ -107,7 +107,7 @@ def check_metadata_rules(client, h):
         r = client.get(f"/v1/jobs?{query}", headers=h)
         assert_422(r, param, "invalid_request")
 
-    odd = {'a"b': "1", "a.b": "2", "a[0]": "3", "$.x": "4", "naïve ключ": "5", "a'b": "6", "a\\b": "7"}
+    odd = {'a"b': "1", "a.b": "2", "a[0]": "3", "$.x": "4", "naïve ключ": "5", "a'b": "6\nsix ✓", "a\\b": "7"}
     made = client.post("/v1/jobs", json={**PRUNE, "metadata": odd}, headers=h)
     assert made.status_code == 201, made.text
     other = client.post("/v1/jobs", json={**PRUNE, "metadata": {'a"b': "other"}}, headers=h).json()["id"]
