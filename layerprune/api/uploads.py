@@ -24,6 +24,7 @@ from layerprune.api.errors import ApiError
 from layerprune.api.file_checks import content_for, upload_formats
 
 MAX_FIELD_BYTES = 1024  # the non-file form fields (purpose, format) are tiny
+MAX_BOUNDARY_BYTES = 70  # RFC 2046; python-multipart itself refuses more than 256 with an exception
 
 
 def too_large(limit: int) -> ApiError:
@@ -77,6 +78,9 @@ async def receive_upload(request: Request, folder: Path, max_bytes: int) -> Uplo
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or b"boundary" not in params:
         raise ApiError(415, "unsupported_media_type", "send multipart/form-data with a 'file' part and 'purpose'")
+    if not 1 <= len(params[b"boundary"]) <= MAX_BOUNDARY_BYTES:
+        raise ApiError(422, "invalid_multipart", f"the multipart boundary must be 1 to {MAX_BOUNDARY_BYTES} "
+                       "characters (RFC 2046)", param="file")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
         raise too_large(max_bytes)
@@ -104,6 +108,7 @@ async def receive_upload(request: Request, folder: Path, max_bytes: int) -> Uplo
         "on_headers_finished": lambda: events.append(("headers_done", None)),
         "on_part_data": lambda data, start, end: events.append(("data", bytes(data[start:end]))),
         "on_part_end": lambda: events.append(("end", None)),
+        "on_end": lambda: events.append(("closed", None)),  # the closing boundary was read
     }
     parser = MultipartParser(params[b"boundary"], callbacks)  # type: ignore[arg-type]
     sink: FileSink | None = None
@@ -112,6 +117,7 @@ async def receive_upload(request: Request, folder: Path, max_bytes: int) -> Uplo
     current: str | None = None  # "file", a field name, or None (ignored part)
     value = bytearray()
     received = 0
+    closed = False
     try:
         async for chunk in request.stream():
             received += len(chunk)
@@ -155,6 +161,8 @@ async def receive_upload(request: Request, folder: Path, max_bytes: int) -> Uplo
                     if current not in (None, "file"):
                         fields[current] = value.decode("utf-8", "replace")
                     current = None
+                elif kind == "closed":
+                    closed = True
             events.clear()
             if batch and sink is not None:
                 # Hashing, JSON checks and disk writes off the event loop.
@@ -162,6 +170,9 @@ async def receive_upload(request: Request, folder: Path, max_bytes: int) -> Uplo
         parser.finalize()
         if sink is None:
             raise ApiError(422, "invalid_request", "a 'file' part is required", param="file")
+        if not closed:  # a cut-off body would otherwise be stored as a shorter file
+            raise ApiError(422, "invalid_multipart", "the multipart body ends before its closing boundary",
+                           param="file")
         await run_in_threadpool(sink.finish)
     except BaseException:
         if sink is not None:

@@ -55,22 +55,32 @@ class _Strict(BaseModel):
 
     @field_validator("*", mode="after")
     @classmethod
-    def _no_nul(cls, value: Any) -> Any:
+    def _storable(cls, value: Any) -> Any:
         # A NUL character cannot be stored (Postgres JSONB), named as a path, or meant: refuse it
-        # in every string, also inside lists and dicts (metadata keys included).
-        if _has_nul(value):
-            raise PydanticCustomError("nul_character", "must not contain a NUL character")
+        # in every string, also inside lists and dicts (metadata keys included). Integers must fit
+        # in 64 bits: seeds and counts beyond that fail in the worker (torch, numpy), not here.
+        problem = _unstorable(value)
+        if problem is not None:
+            raise PydanticCustomError(problem[0], problem[1])
         return value
 
 
-def _has_nul(value: Any) -> bool:
+def _unstorable(value: Any) -> tuple[str, str] | None:
     if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, list | tuple):
-        return any(_has_nul(v) for v in value)
+        return ("nul_character", "must not contain a NUL character") if "\x00" in value else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return ("int_too_large", "must fit in a 64-bit integer") if not -2**63 <= value < 2**63 else None
     if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    return False
+        items = [*value.keys(), *value.values()]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        return None
+    for item in items:
+        problem = _unstorable(item)
+        if problem is not None:
+            return problem
+    return None
 
 
 class CalibrationSpec(_Strict):

@@ -49,6 +49,8 @@ def read_jsonl(path: Path, *, param: str | None = None) -> list[dict[str, Any]]:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DatasetError(f"{path.name} line {lineno}: not valid JSON ({exc.msg})", param=param) from exc
+            except RecursionError:  # not a ValueError: nesting deeper than the interpreter allows
+                raise DatasetError(f"{path.name} line {lineno}: JSON nested too deeply", param=param) from None
             if not isinstance(obj, dict):
                 raise DatasetError(f"{path.name} line {lineno}: expected a JSON object", param=param)
             rows.append(obj)

@@ -82,6 +82,17 @@ def test_nul_characters_are_refused_naming_the_field(client, new_tenant, body, p
     assert "NUL" in err["message"]
 
 
+@pytest.mark.parametrize("body,param", [
+    ({"prune": {"ratio": 0.25, "seed": 10**30}}, "prune.seed"),
+    ({"prune": {"metric": "manual", "layers": [2**64]}}, "prune.layers"),
+    ({**PRUNE, "finetune": {"max_steps": 2**63}}, "finetune.max_steps"),
+])
+def test_integers_beyond_64_bits_are_refused(client, new_tenant, body, param):
+    _, h = new_tenant
+    err = assert_422(client.post("/v1/jobs", json=body, headers=h), param)
+    assert "64-bit" in err["message"]
+
+
 # ------------------------------------------------------------------ metadata
 
 
@@ -96,7 +107,7 @@ def check_metadata_rules(client, h):
         r = client.get(f"/v1/jobs?{query}", headers=h)
         assert_422(r, param, "invalid_request")
 
-    odd = {'a"b': "1", "a.b": "2", "a[0]": "3", "$.x": "4", "naïve ключ": "5", "a'b": "6", "a\\b": "7"}
+    odd = {'a"b': "1", "a.b": "2", "a[0]": "3", "$.x": "4", "naïve ключ": "5", "a'b": "6\nsix ✓", "a\\b": "7"}
     made = client.post("/v1/jobs", json={**PRUNE, "metadata": odd}, headers=h)
     assert made.status_code == 201, made.text
     other = client.post("/v1/jobs", json={**PRUNE, "metadata": {'a"b': "other"}}, headers=h).json()["id"]

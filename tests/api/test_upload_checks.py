@@ -275,3 +275,21 @@ def test_control_characters_in_the_file_name_are_replaced(client, new_tenant):
     r = client.post("/v1/files", content=body, headers={**h, "Content-Type": "multipart/form-data; boundary=b0"})
     assert r.status_code == 201, r.text
     assert r.json()["filename"] == "a_b_.jsonl"
+
+
+def test_malformed_multipart_bodies_are_422(client, new_tenant):
+    _, h = new_tenant
+    purpose = b'--b0\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfinetune\r\n'
+    part = b'--b0\r\nContent-Disposition: form-data; name="file"; filename="x.jsonl"\r\n\r\n' + rows_jsonl(ALPACA)
+    for ctype, body, code in (
+        ("multipart/form-data; boundary=" + "b" * 300, b"--" + b"b" * 300 + b"\r\n", "invalid_multipart"),
+        ("multipart/form-data; boundary=b0", purpose + part, "invalid_multipart"),  # no closing boundary
+        ("multipart/form-data; boundary=b0", purpose + part[:-40], "invalid_multipart"),
+        ("multipart/form-data; boundary=b0", b"junk\r\n" + purpose + part + b"\r\n--b0--\r\n", "invalid_multipart"),
+    ):
+        r = client.post("/v1/files", content=body, headers={**h, "Content-Type": ctype})
+        assert r.status_code == 422 and r.json()["error"]["code"] == code, r.text
+    assert client.get("/v1/files", headers=h).json()["data"] == []
+    r = client.post("/v1/files", content=purpose + part + b"\r\n--b0--\r\n",
+                    headers={**h, "Content-Type": "multipart/form-data; boundary=b0"})
+    assert r.status_code == 201 and r.json()["num_records"] == len(ALPACA)
