@@ -66,6 +66,25 @@ class CalibrationSpec(_Strict):
     seed: int = 42
 
 
+ReplaceMethod = Literal["none", "linear"]
+
+
+class ReplaceSpec(_Strict):
+    """Replace each contiguous run of removed blocks by one linear map folded into the kept block
+    before it (docs/methods.md §6). ``"linear"`` in a spec is short for ``{"method": "linear"}``."""
+
+    method: ReplaceMethod = "none"
+    # "lstsq": closed-form least squares on the calibration activations; "cosine": then a few hundred
+    # Adam steps on the mean cosine distance, starting from the least-squares map (ReplaceMe).
+    objective: Literal["lstsq", "cosine"] = "lstsq"
+    # Ridge λ relative to the mean diagonal of MᵀM (λ = ridge · tr(MᵀM) / d); 0 = plain least squares.
+    ridge: float = Field(1e-4, ge=0.0, le=1e3)
+    steps: int = Field(300, ge=1, le=100_000)
+    learning_rate: float = Field(1e-4, gt=0.0, le=1.0)
+    # Tokens per accumulation chunk (lstsq) and per optimiser step (cosine): the memory bound.
+    chunk_tokens: int = Field(1024, ge=1, le=1_048_576)
+
+
 class PruneSpec(_Strict):
     """Which layers to remove and how to choose them (shared/METHODS.md §1)."""
 
@@ -83,6 +102,19 @@ class PruneSpec(_Strict):
     semantics: Literal["paper", "reference_code"] = "paper"
     # Heal between rounds of iterative pruning with the job's finetune spec (paper §4.3).
     heal_between_rounds: bool = False
+    # Replace each removed run by a linear map (docs/methods.md §6): "none", "linear" or a ReplaceSpec.
+    replace: ReplaceSpec | ReplaceMethod = "none"
+
+    @field_validator("replace")
+    @classmethod
+    def _replace_object(cls, v: ReplaceSpec | str) -> ReplaceSpec | str:
+        return ReplaceSpec(method=v) if isinstance(v, str) else v  # type: ignore[arg-type]
+
+    @property
+    def replacement(self) -> ReplaceSpec | None:
+        """The replacement settings when removed runs are replaced by a linear map, else None."""
+        r = self.replace
+        return r if isinstance(r, ReplaceSpec) and r.method != "none" else None
 
     @model_validator(mode="before")
     @classmethod
@@ -115,6 +147,9 @@ class PruneSpec(_Strict):
             raise SpecError("'protect_layers' has duplicate indices", param="prune.protect_layers")
         if self.layers and set(self.layers) & set(self.protect_layers):
             raise SpecError("'layers' names a protected layer", param="prune.layers")
+        if self.replacement is not None and self.layers is not None and 0 in self.layers:
+            raise SpecError("replace 'linear' folds each removed run into the block before it; layer 0 has "
+                            "none (keep layer 0 or use replace 'none')", param="prune.replace")
         return self
 
 
@@ -235,6 +270,8 @@ class JobSpec(_Strict):
             return True
         if self.prune is not None and self.prune.metric in ("taylor", "ppl", "block_influence", "angular"):
             return True
+        if self.prune is not None and self.prune.replacement is not None:
+            return True  # fitting the maps needs a forward pass over the calibration data
         if self.evaluate is not None and (self.evaluate.limit is None or self.evaluate.limit > 200):
             return True
         return False
