@@ -85,6 +85,15 @@ class ReplaceSpec(_Strict):
     chunk_tokens: int = Field(1024, ge=1, le=1_048_576)
 
 
+REPLACE_METHODS: tuple[str, ...] = ReplaceMethod.__args__  # type: ignore[attr-defined]
+
+
+def _replace_schema(schema: dict[str, Any]) -> None:
+    # Published shape: the object, or its method alone as a string ("linear").
+    obj = {"$ref": schema.pop("$ref")} if "$ref" in schema else schema.pop("allOf")[0]
+    schema["anyOf"] = [obj, {"type": "string", "enum": list(REPLACE_METHODS)}]
+
+
 class PruneSpec(_Strict):
     """Which layers to remove and how to choose them (shared/METHODS.md §1)."""
 
@@ -102,19 +111,23 @@ class PruneSpec(_Strict):
     semantics: Literal["paper", "reference_code"] = "paper"
     # Heal between rounds of iterative pruning with the job's finetune spec (paper §4.3).
     heal_between_rounds: bool = False
-    # Replace each removed run by a linear map (docs/methods.md §6): "none", "linear" or a ReplaceSpec.
-    replace: ReplaceSpec | ReplaceMethod = "none"
+    # Replace each removed run by a linear map (docs/methods.md §6.1): "none", "linear" or a ReplaceSpec.
+    replace: ReplaceSpec = Field(default_factory=ReplaceSpec, json_schema_extra=_replace_schema)
 
-    @field_validator("replace")
+    @field_validator("replace", mode="before")
     @classmethod
-    def _replace_object(cls, v: ReplaceSpec | str) -> ReplaceSpec | str:
-        return ReplaceSpec(method=v) if isinstance(v, str) else v  # type: ignore[arg-type]
+    def _replace_shorthand(cls, v: Any) -> Any:
+        # A string is the method alone; validating it here keeps the error's path 'prune.replace'.
+        if isinstance(v, str):
+            if v not in REPLACE_METHODS:
+                raise ValueError(f"replace must be one of {', '.join(map(repr, REPLACE_METHODS))} or an object")
+            return {"method": v}
+        return v
 
     @property
     def replacement(self) -> ReplaceSpec | None:
         """The replacement settings when removed runs are replaced by a linear map, else None."""
-        r = self.replace
-        return r if isinstance(r, ReplaceSpec) and r.method != "none" else None
+        return self.replace if self.replace.method != "none" else None
 
     @model_validator(mode="before")
     @classmethod

@@ -268,3 +268,29 @@ def test_spec_shapes_and_routing() -> None:
             PruneSpec(replace=bad)
     plain = JobSpec(prune={"metric": "reverse_order"})
     assert not plain.needs_gpu and JobSpec(prune={"metric": "reverse_order", "replace": "linear"}).needs_gpu
+
+
+@pytest.mark.slow
+def test_bundled_job_with_linear_replacement_through_the_pipeline(tmp_path: Path) -> None:
+    from layerprune.core.pipeline import run_pipeline
+    from layerprune.core.sources import resolve_model
+
+    spec = JobSpec.model_validate({
+        "prune": {"metric": "angular", "num_layers": 7, "replace": "linear",
+                  "calibration": {"num_samples": 4, "seq_len": 64, "batch_size": 2}},
+        "evaluate": {"perplexity": {"dataset": "bundled:wikipedia-eval", "seq_len": 64, "max_windows": 2},
+                     "compare_base": False}})
+    assert spec.needs_gpu
+    result = run_pipeline(spec, resolve_model(spec.model, None), tmp_path, Hooks())
+    removed = result["removed_layers"]
+    assert len(removed) == 7 and removed == list(range(removed[0], removed[0] + 7)) and removed[0] > 0
+    rep = result["prune"]["replacement"]
+    (run,) = rep["runs"]
+    assert run["layers"] == removed and run["kept_layer"] == removed[0] - 1 and run["tokens"] == 4 * 64
+    assert run["cosine"] > run["cosine_removed"] and run["residual"] < run["residual_removed"]
+    assert result["metrics"]["after"]["perplexity"]["value"] > 0
+    out = tmp_path / "output"
+    record = json.loads((out / "layerprune.json").read_text())
+    assert record["prune"]["replacement"] == rep and record["spec"]["prune"]["replace"]["method"] == "linear"
+    card = (out / "README.md").read_text()
+    assert "linear map" in card and run["folded_into"] in card
