@@ -6,6 +6,8 @@ score → choose ``step`` layers → remove → optionally heal). The output is 
 the previous round's healed model), so its tensors keep their dtype and bytes exactly; a model
 is loaded into memory only when a metric needs a forward pass (taylor, ppl, block_influence,
 angular), and then only to score.
+With ``replace`` "linear" (core/replace) each write first fits a map per removed run on the
+directory's full model (the scoring model when it is still whole), then streams and folds.
 
 Two numberings are tracked: ``layers`` maps each current layer to its original index (what the
 result reports), ``on_disk`` maps each layer of the current directory to its original index
@@ -123,10 +125,10 @@ class _Scorer:
     def _calibrate(self, tokenizer: Any) -> None:
         from layerprune.core.scoring import calibration_batches
 
-        metric = self.spec.metric
+        user = f"metric '{self.spec.metric}'" if self.spec.metric in CALIBRATED_METRICS else "replace 'linear'"
         if self.calibration is None:
             if tokenizer is None:
-                raise DatasetError(f"metric '{metric}' needs a tokenizer for its calibration data; "
+                raise DatasetError(f"{user} needs a tokenizer for its calibration data; "
                                    "the model directory has none", param="prune.calibration")
             t1 = time.monotonic()
             self.calibration = calibration_batches(tokenizer, self.spec.calibration)

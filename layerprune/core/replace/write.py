@@ -75,8 +75,9 @@ def fit_maps(model: Any, runs: Sequence[Run], calibration: torch.Tensor, spec: R
         collect(model, parts.layers, runs, sites, calibration, store, batch_size=batch_size, hooks=hooks)
         for r in range(len(runs)):
             hooks.check()
-            hooks.progress(r, len(runs), f"replace: fitting the map of run {r + 1}/{len(runs)}")
             t, report = fit_run(store, r, hidden, spec, device, hooks)
+            hooks.info(f"replace: fitted the map of layers {runs[r].first}..{runs[r].last}",
+                       cosine_removed=report["cosine_removed"], cosine=report["cosine"], chosen=report["chosen"])
             maps.append(t)
             reports.append(report)
     return sites, maps, reports
