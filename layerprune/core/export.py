@@ -114,6 +114,15 @@ def _card_body(record: Mapping[str, Any]) -> str:
         if cal:
             lines.append(f"- Calibration: {cal.get('dataset')}, {cal.get('num_samples')} samples × "
                          f"{cal.get('seq_len')} tokens, seed {cal.get('seed')} (token ids sha256 {cal.get('sha256')})")
+        rep = prune.get("replacement")
+        if rep:
+            lines.append(f"- Removed runs replaced by a linear map folded into the block before each "
+                         f"(objective `{rep.get('objective')}`, ridge {_fmt(rep.get('ridge'))}):")
+            for run in rep.get("runs") or []:
+                lines.append(f"  - layers {run.get('layers')} → `{run.get('folded_into')}`: mean cosine with the "
+                             f"removed run's output {_fmt(run.get('cosine_removed'))} removed, {_fmt(run.get('cosine'))} "
+                             f"replaced ({run.get('chosen')}); relative residual {_fmt(run.get('residual_removed'))} → "
+                             f"{_fmt(run.get('residual'))} on {run.get('tokens')} tokens")
         why = {
             "reverse_order": "the last layers are removed (Lu et al. 2024: reverse order is a strong, free baseline)",
             "random": "layers drawn at random with the seed",

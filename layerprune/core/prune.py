@@ -6,6 +6,8 @@ score → choose ``step`` layers → remove → optionally heal). The output is 
 the previous round's healed model), so its tensors keep their dtype and bytes exactly; a model
 is loaded into memory only when a metric needs a forward pass (taylor, ppl, block_influence,
 angular), and then only to score.
+With ``replace`` "linear" (core/replace) each write first fits a map per removed run on the
+directory's full model (the scoring model when it is still whole), then streams and folds.
 
 Two numberings are tracked: ``layers`` maps each current layer to its original index (what the
 result reports), ``on_disk`` maps each layer of the current directory to its original index
@@ -53,6 +55,8 @@ class PruneResult:
     calibration: dict[str, Any] | None
     timings: dict[str, float] = field(default_factory=dict)
     streamed: bool = True  # True when no model was loaded into memory at all
+    # prune.replace "linear": the maps' settings and fit per run (docs/methods.md §6.1); None otherwise.
+    replacement: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,10 +98,12 @@ class _Scorer:
         self.model: Any = None
         self.calibration: torch.Tensor | None = None
         self.file_scores: list[float] | None = None  # per layer of the directory they were read from
+        self.model_dir: Path | None = None  # where ``model`` was loaded from
+        self.intact = False  # ``model`` still has every layer of ``model_dir``
 
     def load(self, model_dir: Path) -> None:
         """(Re)read whatever scoring needs from ``model_dir`` (the input or a healed round)."""
-        from layerprune.core.scoring import calibration_batches, magnitude_scores_from_files
+        from layerprune.core.scoring import magnitude_scores_from_files
 
         metric = self.spec.metric
         t0 = time.monotonic()
@@ -112,14 +118,35 @@ class _Scorer:
 
         self.release()  # drop the previous round's model before loading the next
         self.model, tokenizer = load_model(model_dir, device=self.device)
+        self.model_dir, self.intact = model_dir, True
         self.timings["load"] = self.timings.get("load", 0.0) + time.monotonic() - t0
+        self._calibrate(tokenizer)
+
+    def _calibrate(self, tokenizer: Any) -> None:
+        from layerprune.core.scoring import calibration_batches
+
+        user = f"metric '{self.spec.metric}'" if self.spec.metric in CALIBRATED_METRICS else "replace 'linear'"
         if self.calibration is None:
             if tokenizer is None:
-                raise DatasetError(f"metric '{metric}' needs a tokenizer for its calibration data; "
+                raise DatasetError(f"{user} needs a tokenizer for its calibration data; "
                                    "the model directory has none", param="prune.calibration")
             t1 = time.monotonic()
             self.calibration = calibration_batches(tokenizer, self.spec.calibration)
             self.timings["calibration"] = time.monotonic() - t1
+
+    def full_model(self, model_dir: Path) -> Any:
+        """``model_dir``'s model with all its layers (the scoring model when it is that one), and the
+        calibration data, for fitting replacement maps."""
+        from layerprune.core.loading import load_model
+
+        if self.model is None or not self.intact or self.model_dir != model_dir:
+            self.release()
+            t0 = time.monotonic()
+            self.model, tokenizer = load_model(model_dir, device=self.device)
+            self.model_dir, self.intact = model_dir, True
+            self.timings["load"] = self.timings.get("load", 0.0) + time.monotonic() - t0
+            self._calibrate(tokenizer)
+        return self.model
 
     def scores(self, on_disk_index: list[int], block_size: int) -> list[float | None]:
         """One score per current layer (angular: per block start); ``on_disk_index[j]`` = layer j's
@@ -150,6 +177,7 @@ class _Scorer:
             from layerprune.core.removal import remove_layers
 
             remove_layers(self.model, current)
+            self.intact = False
 
 
 def prune_model(source_dir: Path, spec: PruneSpec, out_dir: Path, hooks: Hooks = NO_HOOKS, *,
@@ -184,6 +212,16 @@ def prune_model(source_dir: Path, spec: PruneSpec, out_dir: Path, hooks: Hooks =
 
     scorer = _Scorer(spec, device, hooks, timings)
     scorer.load(source_dir)
+    replaced: list[dict[str, Any]] = []
+
+    def write(src: Path, dst: Path, removed_idx: list[int], round_index: int) -> dict[str, Any]:
+        # Plain removal streams tensor bytes; replace "linear" fits its maps on src's model first.
+        if spec.replacement is None:
+            return stream_prune(src, dst, removed_idx, hooks)
+        return _write_replaced(scorer, src, dst, removed_idx, list(on_disk), round_index, replaced)
+
+    if spec.replacement is not None and scorer.model is not None:
+        _check_foldable(scorer)  # refuse an unfoldable family before scoring, not after
     current_dir = source_dir
     layers = list(range(num_layers))  # current layer j -> original index
     on_disk = list(range(num_layers))  # layer of current_dir -> original index
@@ -220,7 +258,7 @@ def prune_model(source_dir: Path, spec: PruneSpec, out_dir: Path, hooks: Hooks =
                 round_dir = rounds_dir / f"round_{r}"
                 shutil.rmtree(round_dir, ignore_errors=True)
                 gone = set(removed_total)
-                stream_prune(current_dir, round_dir, [i for i, o in enumerate(on_disk) if o in gone], hooks)
+                write(current_dir, round_dir, [i for i, o in enumerate(on_disk) if o in gone], r)
                 on_disk = [o for o in on_disk if o not in gone]
                 scorer.release()
                 t_heal = time.monotonic()
@@ -237,7 +275,7 @@ def prune_model(source_dir: Path, spec: PruneSpec, out_dir: Path, hooks: Hooks =
         t_write = time.monotonic()
         gone = set(removed_total)
         shutil.rmtree(out_dir, ignore_errors=True)
-        summary = stream_prune(current_dir, out_dir, [i for i, o in enumerate(on_disk) if o in gone], hooks)
+        summary = write(current_dir, out_dir, [i for i, o in enumerate(on_disk) if o in gone], n_rounds - 1)
         timings["write"] = time.monotonic() - t_write
     finally:
         scorer.release()
@@ -257,5 +295,43 @@ def prune_model(source_dir: Path, spec: PruneSpec, out_dir: Path, hooks: Hooks =
         params_after=int(summary["params_after"]),
         calibration=calibration,
         timings=timings,
-        streamed=metric in ON_DISK_METRICS,
+        streamed=metric in ON_DISK_METRICS and spec.replacement is None,
+        replacement=_merge_replacements(replaced),
     )
+
+
+def _check_foldable(scorer: _Scorer) -> None:
+    from layerprune.core.replace.write import check_foldable
+
+    assert scorer.calibration is not None
+    check_foldable(scorer.model, scorer.calibration)
+
+
+def _write_replaced(scorer: _Scorer, src: Path, dst: Path, removed_idx: list[int], original: list[int],
+                    round_index: int, replaced: list[dict[str, Any]]) -> dict[str, Any]:
+    """Remove ``removed_idx`` from ``src`` into ``dst`` with each run replaced by a linear map."""
+    from layerprune.core.replace.plan import runs_of
+    from layerprune.core.replace.write import replace_and_write
+
+    spec, t0 = scorer.spec, time.monotonic()
+    runs_of(removed_idx)  # a run at layer 0 is refused before a model is loaded for it
+    model = scorer.full_model(src)
+    assert spec.replacement is not None and scorer.calibration is not None
+    summary, report = replace_and_write(src, dst, removed_idx, spec.replacement, model, scorer.calibration,
+                                        original=original, batch_size=spec.calibration.batch_size,
+                                        hooks=scorer.hooks)
+    for run in report["runs"]:
+        run["round"] = round_index
+    replaced.append(report)
+    scorer.timings["replace"] = scorer.timings.get("replace", 0.0) + time.monotonic() - t0
+    return summary
+
+
+def _merge_replacements(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
+    # One report per write (healed rounds write more than once); the runs of all of them, in order.
+    if not reports:
+        return None
+    merged = {k: v for k, v in reports[-1].items() if k not in ("runs", "seconds")}
+    merged["runs"] = [run for report in reports for run in report["runs"]]
+    merged["seconds"] = {k: sum(r["seconds"][k] for r in reports) for k in reports[-1]["seconds"]}
+    return merged

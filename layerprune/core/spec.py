@@ -97,6 +97,34 @@ class CalibrationSpec(_Strict):
     seed: int = 42
 
 
+ReplaceMethod = Literal["none", "linear"]
+
+
+class ReplaceSpec(_Strict):
+    """Replace each contiguous run of removed blocks by one linear map folded into the kept block
+    before it (docs/methods.md §6). ``"linear"`` in a spec is short for ``{"method": "linear"}``."""
+
+    method: ReplaceMethod = "none"
+    # "lstsq": closed-form least squares on the calibration activations; "cosine": then a few hundred
+    # Adam steps on the mean cosine distance, starting from the least-squares map (ReplaceMe).
+    objective: Literal["lstsq", "cosine"] = "lstsq"
+    # Ridge λ relative to the mean diagonal of MᵀM (λ = ridge · tr(MᵀM) / d); 0 = plain least squares.
+    ridge: float = Field(1e-4, ge=0.0, le=1e3)
+    steps: int = Field(300, ge=1, le=100_000)
+    learning_rate: float = Field(1e-4, gt=0.0, le=1.0)
+    # Tokens per accumulation chunk (lstsq) and per optimiser step (cosine): the memory bound.
+    chunk_tokens: int = Field(1024, ge=1, le=1_048_576)
+
+
+REPLACE_METHODS: tuple[str, ...] = ReplaceMethod.__args__  # type: ignore[attr-defined]
+
+
+def _replace_schema(schema: dict[str, Any]) -> None:
+    # Published shape: the object, or its method alone as a string ("linear").
+    obj = {"$ref": schema.pop("$ref")} if "$ref" in schema else schema.pop("allOf")[0]
+    schema["anyOf"] = [obj, {"type": "string", "enum": list(REPLACE_METHODS)}]
+
+
 class PruneSpec(_Strict):
     """Which layers to remove and how to choose them (shared/METHODS.md §1)."""
 
@@ -114,6 +142,23 @@ class PruneSpec(_Strict):
     semantics: Literal["paper", "reference_code"] = "paper"
     # Heal between rounds of iterative pruning with the job's finetune spec (paper §4.3).
     heal_between_rounds: bool = False
+    # Replace each removed run by a linear map (docs/methods.md §6.1): "none", "linear" or a ReplaceSpec.
+    replace: ReplaceSpec = Field(default_factory=ReplaceSpec, json_schema_extra=_replace_schema)
+
+    @field_validator("replace", mode="before")
+    @classmethod
+    def _replace_shorthand(cls, v: Any) -> Any:
+        # A string is the method alone; validating it here keeps the error's path 'prune.replace'.
+        if isinstance(v, str):
+            if v not in REPLACE_METHODS:
+                raise ValueError(f"replace must be one of {', '.join(map(repr, REPLACE_METHODS))} or an object")
+            return {"method": v}
+        return v
+
+    @property
+    def replacement(self) -> ReplaceSpec | None:
+        """The replacement settings when removed runs are replaced by a linear map, else None."""
+        return self.replace if self.replace.method != "none" else None
 
     @model_validator(mode="before")
     @classmethod
@@ -146,6 +191,9 @@ class PruneSpec(_Strict):
             raise SpecError("'protect_layers' has duplicate indices", param="prune.protect_layers")
         if self.layers and set(self.layers) & set(self.protect_layers):
             raise SpecError("'layers' names a protected layer", param="prune.layers")
+        if self.replacement is not None and self.layers is not None and 0 in self.layers:
+            raise SpecError("replace 'linear' folds each removed run into the block before it; layer 0 has "
+                            "none (keep layer 0 or use replace 'none')", param="prune.replace")
         return self
 
 
@@ -266,6 +314,8 @@ class JobSpec(_Strict):
             return True
         if self.prune is not None and self.prune.metric in ("taylor", "ppl", "block_influence", "angular"):
             return True
+        if self.prune is not None and self.prune.replacement is not None:
+            return True  # fitting the maps needs a forward pass over the calibration data
         if self.evaluate is not None and (self.evaluate.limit is None or self.evaluate.limit > 200):
             return True
         return False

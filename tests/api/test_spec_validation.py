@@ -76,6 +76,12 @@ CASES = [
     (pr(ratio=0.25, calibration={"seed": "x"}), "prune.calibration.seed"),
     (pr(ratio=0.25, calibration={"dataset": 5}), "prune.calibration.dataset"),
     (pr(ratio=0.25, calibration={"samples": 5}), "prune.calibration.samples"),
+    (pr(ratio=0.25, replace="quadratic"), "prune.replace"),
+    (pr(ratio=0.25, replace=3), "prune.replace"),
+    (pr(ratio=0.25, replace={"method": "linear", "objective": "l1"}), "prune.replace.objective"),
+    (pr(ratio=0.25, replace={"method": "linear", "steps": 0}), "prune.replace.steps"),
+    (pr(ratio=0.25, replace={"method": "linear", "bogus": 1}), "prune.replace.bogus"),
+    ({"prune": {"metric": "manual", "layers": [0, 1], "replace": "linear"}}, "prune.replace"),
     ({"prune": "reverse"}, "prune"),
     # finetune
     (ft(method="magic"), "finetune.method"),
