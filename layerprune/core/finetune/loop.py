@@ -247,9 +247,9 @@ def train(model: nn.Module, plan: PartialPlan | None, train_examples: list[dict[
             else:
                 kl, hid = distiller.terms(m, batch, logits, box.get("hidden"))
                 loss = distiller.combine(ce, kl, hid, targets, positions)
-                parts["ce"] += float(ce.detach()) / max(targets, 1)
-                parts["kl"] += float(kl.detach()) / max(positions, 1) if kl is not None else 0.0
-                parts["hidden"] += float(hid.detach()) / max(positions, 1) if hid is not None else 0.0
+                parts["ce"] += float(ce.detach() / max(targets, 1))
+                parts["kl"] += float(kl.detach() / max(positions, 1)) if kl is not None else 0.0
+                parts["hidden"] += float(hid.detach() / max(positions, 1)) if hid is not None else 0.0
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise TrainingDivergedError(
