@@ -41,6 +41,7 @@ class FinetuneResult:
     timings: dict[str, float] = field(default_factory=dict)
     resumed_from_step: int | None = None
     num_layers: int = 0
+    objective: str = "lm"  # "distill": final_loss is the weighted mix; val_loss is the LM loss either way
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -239,5 +240,5 @@ def finetune_model(source_dir: Path, spec: FinetuneSpec, out_dir: Path, work_dir
         method=spec.method, trainable_params=trainable, total_params=total_params, steps=outcome.steps,
         epochs=outcome.epochs, final_loss=outcome.final_loss, val_loss=outcome.val_loss,
         tokens_per_s=outcome.tokens_per_s, history=outcome.history, timings=timings,
-        resumed_from_step=outcome.resumed_from_step, num_layers=num_layers,
+        resumed_from_step=outcome.resumed_from_step, num_layers=num_layers, objective=spec.objective,
     )
