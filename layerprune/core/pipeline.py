@@ -158,7 +158,7 @@ def run_pipeline(
     result = PipelineResult()
     result.num_layers_before, result.params_before = model_shape(base_dir)
     result.num_layers_after, result.params_after = result.num_layers_before, result.params_before
-    _check_finetune_early(spec, result.num_layers_before)
+    _check_finetune_early(spec, result.num_layers_before, base_dir)
 
     def begin(stage: str) -> float:
         hooks.check()
@@ -187,7 +187,7 @@ def run_pipeline(
 
     if "finetune" in stages:
         source_dir = current
-        saved = run_stage("finetune", lambda: _run_finetune(spec, source_dir, work_dir, hooks))
+        saved = run_stage("finetune", lambda: _run_finetune(spec, source_dir, base_dir, work_dir, hooks))
         result.finetune = saved
         current = work_dir / "finetune"
 
@@ -215,7 +215,7 @@ def run_pipeline(
     return result.to_dict()
 
 
-def _check_finetune_early(spec: JobSpec, num_layers: int) -> None:
+def _check_finetune_early(spec: JobSpec, num_layers: int, base_dir: Path) -> None:
     """Refuse an impossible fine-tune before spending hours on pruning."""
     if spec.finetune is None or spec.finetune.method == "none":
         return
@@ -228,6 +228,18 @@ def _check_finetune_early(spec: JobSpec, num_layers: int) -> None:
     if spec.prune is not None:
         after = num_layers - resolve_layer_count(spec.prune, num_layers)
     check_finetune_spec(spec.finetune, after, cuda_available=torch.cuda.is_available())
+    if spec.finetune.objective == "distill":
+        from layerprune.core.device import pick_device, pick_dtype
+        from layerprune.core.finetune.distill import check_teacher_fits, weights_bytes_as
+
+        device = pick_device()
+        quantized = spec.finetune.method == "qlora"
+        dtype = torch.bfloat16 if quantized else pick_dtype(device)
+        teacher = weights_bytes_as(base_dir, dtype, quantized)
+        # The student does not exist yet; after/num_layers of the teacher is a lower bound on its size
+        # (embeddings are kept whole), so this refuses only what surely cannot fit.
+        check_teacher_fits(teacher, teacher * after // num_layers, device,
+                           "nf4" if quantized else str(dtype).removeprefix("torch."))
 
 
 def _run_prune(spec: JobSpec, model_dir: Path, work_dir: Path, hooks: Hooks) -> dict[str, Any]:
@@ -238,13 +250,14 @@ def _run_prune(spec: JobSpec, model_dir: Path, work_dir: Path, hooks: Hooks) -> 
     shutil.rmtree(out_dir, ignore_errors=True)  # a half-written output of a killed attempt
     heal_round = None
     if spec.prune.heal_between_rounds and spec.finetune is not None and spec.finetune.method != "none":
-        heal_round = _heal_round_fn(spec, work_dir, hooks)
+        heal_round = _heal_round_fn(spec, model_dir, work_dir, hooks)
     res = prune_model(model_dir, spec.prune, out_dir, hooks, heal_round=heal_round)
     return dict(res.to_dict())
 
 
-def _heal_round_fn(spec: JobSpec, work_dir: Path, hooks: Hooks) -> Callable[..., Any]:
-    """Healing between rounds of iterative pruning: the job's finetune spec on the round's model."""
+def _heal_round_fn(spec: JobSpec, base_dir: Path, work_dir: Path, hooks: Hooks) -> Callable[..., Any]:
+    """Healing between rounds of iterative pruning: the job's finetune spec on the round's model
+    (distillation's teacher is the job's input model in every round)."""
     from layerprune.core.finetune import finetune_model
 
     assert spec.finetune is not None
@@ -252,19 +265,22 @@ def _heal_round_fn(spec: JobSpec, work_dir: Path, hooks: Hooks) -> Callable[...,
     def heal_round(pruned_dir: Path, round_index: int) -> Path:
         # Each round heals into its own folder (checkpoints beside it), so a retry resumes there.
         out = work_dir / f"heal_round_{round_index}"
-        finetune_model(Path(pruned_dir), spec.finetune, out, work_dir / f"heal_round_{round_index}_work", hooks)
+        finetune_model(Path(pruned_dir), spec.finetune, out, work_dir / f"heal_round_{round_index}_work", hooks,
+                       teacher_dir=base_dir)
         return out
 
     return heal_round
 
 
-def _run_finetune(spec: JobSpec, model_dir: Path, work_dir: Path, hooks: Hooks) -> dict[str, Any]:
+def _run_finetune(spec: JobSpec, model_dir: Path, base_dir: Path, work_dir: Path, hooks: Hooks) -> dict[str, Any]:
     from layerprune.core.finetune import finetune_model
 
     assert spec.finetune is not None
     out_dir = work_dir / "finetune"
     # finetune_work/ keeps its checkpoints across attempts: training resumes from the last one.
-    res = finetune_model(model_dir, spec.finetune, out_dir, work_dir / "finetune_work", hooks)
+    # Distillation's teacher is the input model, reloaded from its directory: the pruned student's
+    # trunk is not the teacher's (pruning renumbers and drops layers), so no weights are shared.
+    res = finetune_model(model_dir, spec.finetune, out_dir, work_dir / "finetune_work", hooks, teacher_dir=base_dir)
     return dict(res.to_dict())
 
 

@@ -39,6 +39,7 @@ Metric = Literal[
 METRICS: tuple[str, ...] = Metric.__args__  # type: ignore[attr-defined]
 
 FinetuneMethod = Literal["partial", "lora", "qlora", "full", "none"]
+FinetuneObjective = Literal["lm", "distill"]
 DataFormat = Literal["alpaca", "dolly", "text", "chat"]
 TaskName = Literal[
     "arc_easy", "arc_challenge", "piqa", "hellaswag", "openbookqa", "winogrande", "boolq", "mmlu"
@@ -225,14 +226,24 @@ class FinetuneSpec(_Strict):
     lora_target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
+    # "distill": learn from the job's input model (the teacher) as in Minitron (docs/methods.md §7):
+    # alpha·tau²·KL(teacher ‖ student) + (1 − alpha)·CE + hidden_weight·(1 − cos) of the last
+    # layer's output. top_k keeps the teacher's k largest logits (renormalised); None: all of them.
+    objective: FinetuneObjective = "lm"
+    distill_temperature: float = Field(1.0, gt=0, le=100)
+    distill_alpha: float = Field(1.0, ge=0.0, le=1.0)
+    distill_hidden_weight: float = Field(0.0, ge=0.0, le=1000)
+    distill_top_k: int | None = Field(None, ge=1, le=1_048_576)
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneSpec:
+        _check_distill(self)
         if self.batch_size % self.micro_batch_size:
             raise SpecError(
                 f"micro_batch_size {self.micro_batch_size} must divide batch_size {self.batch_size}",
                 param="finetune.micro_batch_size",
             )
+        _check_bundled_format(self)
         if self.packing and self.format != "text":
             raise SpecError("packing is only for format 'text'", param="finetune.packing")
         if not self.lora_target_modules:
@@ -242,6 +253,45 @@ class FinetuneSpec(_Strict):
     @property
     def accumulation_steps(self) -> int:
         return self.batch_size // self.micro_batch_size
+
+
+def _bundled_name(ref: str) -> str:
+    from layerprune.core.bundled import TEXT_ALIASES
+
+    name = ref.removeprefix("bundled:")
+    return TEXT_ALIASES.get(name, name)
+
+
+def _check_bundled_format(spec: FinetuneSpec) -> None:
+    """A bundled data set has one format: say so now rather than fail on its first row in the worker."""
+    from layerprune.core.bundled import INSTRUCTION_SETS, TEXT_SETS
+
+    if not spec.dataset.startswith("bundled:"):
+        return
+    name = _bundled_name(spec.dataset)
+    if name in TEXT_SETS and spec.format != "text":
+        raise SpecError(f"{spec.dataset} is plain text: use format 'text'", param="finetune.format")
+    if name in INSTRUCTION_SETS and spec.format != "alpaca":
+        raise SpecError(f"{spec.dataset} is Alpaca-format: use format 'alpaca'", param="finetune.format")
+
+
+DISTILL_FIELDS = ("distill_temperature", "distill_alpha", "distill_hidden_weight", "distill_top_k")
+
+
+def _check_distill(spec: FinetuneSpec) -> None:
+    if spec.objective == "lm":
+        # A distillation knob with the LM objective would silently do nothing: refuse the typo.
+        for name in DISTILL_FIELDS:
+            if name in spec.model_fields_set:
+                raise SpecError(f"{name} applies only with objective 'distill'", param=f"finetune.{name}")
+        return
+    if spec.method == "none":
+        raise SpecError("objective 'distill' needs a method that trains (partial, lora, qlora or full)",
+                        param="finetune.objective")
+    if spec.distill_hidden_weight > 0 and spec.method == "partial" and spec.trainable_last_layers == 0:
+        raise SpecError("distill_hidden_weight compares the last layer's output, which trainable_last_layers 0 "
+                        "leaves frozen: train at least one layer or set it to 0",
+                        param="finetune.distill_hidden_weight")
 
 
 class PerplexitySpec(_Strict):
@@ -303,6 +353,12 @@ class JobSpec(_Strict):
             raise SpecError("a job needs at least one of prune, finetune, evaluate", param="prune")
         if self.prune and self.prune.heal_between_rounds and not self.finetune:
             raise SpecError("heal_between_rounds needs a finetune stage", param="prune.heal_between_rounds")
+        if (self.finetune is not None and self.finetune.method != "none" and self.evaluate is not None
+                and self.evaluate.perplexity is not None and self.finetune.dataset.startswith("bundled:")
+                and _bundled_name(self.finetune.dataset) == _bundled_name(self.evaluate.perplexity.dataset)):
+            # Healing on the very text perplexity is measured on would report a memorised score.
+            raise SpecError(f"finetune.dataset {self.finetune.dataset} is the perplexity evaluation text; heal on "
+                            "bundled:wikipedia-train (disjoint from it)", param="finetune.dataset")
         if len(self.metadata) > 64:
             raise SpecError("metadata holds at most 64 keys", param="metadata")
         return self

@@ -41,6 +41,7 @@ class FinetuneResult:
     timings: dict[str, float] = field(default_factory=dict)
     resumed_from_step: int | None = None
     num_layers: int = 0
+    objective: str = "lm"  # "distill": final_loss is the weighted mix; val_loss is the LM loss either way
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,6 +79,46 @@ def _source_dtype(source_dir: Path):  # type: ignore[no-untyped-def]
     return getattr(torch, str(name).removeprefix("torch."), torch.float32)
 
 
+def _load_teacher(teacher_dir: Path, student: Any, spec: FinetuneSpec, hooks: Hooks, *, device: Any, dtype: Any,
+                  quantized: bool, student_dir: Path) -> Any:
+    """The frozen teacher of a distillation run, on the student's device (4-bit under qlora)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from layerprune.core.architecture import find_decoder_parts, text_config
+    from layerprune.core.finetune import lora
+    from layerprune.core.finetune.distill import check_teacher_fits, weights_bytes_as
+
+    teacher_dir = Path(teacher_dir)
+    check_teacher_fits(weights_bytes_as(teacher_dir, dtype, quantized), weights_bytes_as(student_dir, dtype, quantized),
+                       device, "nf4" if quantized else str(dtype).removeprefix("torch."))
+    if quantized:
+        teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, quantization_config=lora.quantization_config(),
+                                                       dtype=torch.bfloat16, device_map={"": device},
+                                                       trust_remote_code=False)
+    else:
+        teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=dtype, trust_remote_code=False)
+        teacher.to(device)
+    teacher.eval()
+    teacher.requires_grad_(False)
+    t_cfg, s_cfg = text_config(teacher.config), text_config(student.config)
+    if int(t_cfg.vocab_size) != int(s_cfg.vocab_size):
+        raise SpecError(f"the teacher's vocabulary ({t_cfg.vocab_size}) differs from the student's "
+                        f"({s_cfg.vocab_size})", param="finetune.objective")
+    if spec.distill_hidden_weight > 0 and int(t_cfg.hidden_size) != int(s_cfg.hidden_size):
+        raise SpecError(f"the teacher's hidden size ({t_cfg.hidden_size}) differs from the student's "
+                        f"({s_cfg.hidden_size})", param="finetune.distill_hidden_weight")
+    if spec.distill_top_k is not None and spec.distill_top_k > int(t_cfg.vocab_size):
+        raise SpecError(f"distill_top_k {spec.distill_top_k} is more than the vocabulary's {t_cfg.vocab_size} "
+                        "tokens (None distils over all of them)", param="finetune.distill_top_k")
+    layers = len(find_decoder_parts(teacher).layers)
+    same = teacher_dir.resolve() == Path(student_dir).resolve()
+    hooks.info(f"distilling from the teacher ({layers} layers{', the model being healed as it starts' if same else ''})",
+               teacher_layers=layers, top_k=spec.distill_top_k, temperature=spec.distill_temperature,
+               alpha=spec.distill_alpha, hidden_weight=spec.distill_hidden_weight)
+    return teacher
+
+
 def _fingerprint(spec: FinetuneSpec, num_layers: int, num_train: int, trainable: list[str]) -> str:
     # Everything that changes the training trajectory; checkpoint_every does not.
     data = {"spec": spec.model_dump(mode="json", exclude={"checkpoint_every"}), "layers": num_layers,
@@ -86,8 +127,11 @@ def _fingerprint(spec: FinetuneSpec, num_layers: int, num_train: int, trainable:
 
 
 def finetune_model(source_dir: Path, spec: FinetuneSpec, out_dir: Path, work_dir: Path, hooks: Hooks = NO_HOOKS,
-                   *, device: Any = None, dtype: Any = None) -> FinetuneResult:
+                   *, device: Any = None, dtype: Any = None, teacher_dir: Path | None = None) -> FinetuneResult:
     """Heal the model at ``source_dir`` per ``spec`` and write it to ``out_dir``; see the module doc.
+
+    ``teacher_dir``: the teacher of ``objective: "distill"`` — the job's input model, before
+    pruning (core.pipeline passes it); by default the model being healed itself, as it starts.
 
     ``dtype`` (default: core.device's choice, CUDA bf16 / CPU fp32) is the compute dtype. In bf16
     the model is loaded in bf16, the trainable parameters are kept in fp32 (master weights: an
@@ -140,12 +184,17 @@ def finetune_model(source_dir: Path, spec: FinetuneSpec, out_dir: Path, work_dir
     num_layers = len(find_decoder_parts(model).layers)
     check_finetune_spec(spec, num_layers, cuda_available=device.type == "cuda")
     total_params = count_params(model)
+    teacher = None
+    if spec.objective == "distill":
+        teacher = _load_teacher(Path(teacher_dir) if teacher_dir is not None else source_dir, model, spec, hooks,
+                                device=device, dtype=compute, quantized=quantized, student_dir=source_dir)
     timings["load"] = time.perf_counter() - t0
 
     # Seed before wrapping: LoRA initialises its A matrices from the global RNG, and a run must
     # be reproducible (a resumed run restores the RNG states of its checkpoint on top of this).
     torch.manual_seed(spec.seed)
     plan = None
+    last_layer = find_decoder_parts(model).layers[-1]  # before a LoRA wrapper hides it
     if spec.method == "partial":
         plan = methods.prepare_partial(model, spec)
         if plan.untied:
@@ -169,7 +218,8 @@ def finetune_model(source_dir: Path, spec: FinetuneSpec, out_dir: Path, work_dir
 
     outcome = train(model, plan, train_ex, val_ex, spec, work_dir, hooks, device,
                     pad_id=pad_id, fingerprint=_fingerprint(spec, num_layers, len(train_ex), [n for n, _ in named]),
-                    paged_8bit=quantized, autocast_dtype=autocast_dtype)
+                    paged_8bit=quantized, autocast_dtype=autocast_dtype, teacher=teacher, student_last_layer=last_layer)
+    teacher = None
 
     t0 = time.perf_counter()
     # Written beside out_dir and renamed into place: a run killed while saving leaves no half model.
@@ -190,5 +240,5 @@ def finetune_model(source_dir: Path, spec: FinetuneSpec, out_dir: Path, work_dir
         method=spec.method, trainable_params=trainable, total_params=total_params, steps=outcome.steps,
         epochs=outcome.epochs, final_loss=outcome.final_loss, val_loss=outcome.val_loss,
         tokens_per_s=outcome.tokens_per_s, history=outcome.history, timings=timings,
-        resumed_from_step=outcome.resumed_from_step, num_layers=num_layers,
+        resumed_from_step=outcome.resumed_from_step, num_layers=num_layers, objective=spec.objective,
     )

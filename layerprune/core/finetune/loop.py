@@ -32,6 +32,7 @@ from layerprune.core.finetune.data import (
     make_micro_batches,
     target_count,
 )
+from layerprune.core.finetune.distill import Distiller, capture_output, positions_of
 from layerprune.core.finetune.methods import PartialPlan, set_train_mode, trainable_named_parameters
 from layerprune.core.finetune.trunk_cache import (
     TrunkCache,
@@ -151,8 +152,13 @@ def evaluate_loss(model: nn.Module, examples: list[dict[str, list[int]]], micro_
 def train(model: nn.Module, plan: PartialPlan | None, train_examples: list[dict[str, list[int]]],
           val_examples: list[dict[str, list[int]]], spec: FinetuneSpec, work_dir: Path, hooks: Hooks,
           device: torch.device, *, pad_id: int, fingerprint: str, paged_8bit: bool = False,
-          autocast_dtype: torch.dtype | None = None, cache_memory_limit: int | None = None) -> TrainOutcome:
-    """Train ``model`` in place; resumes from the latest checkpoint in ``work_dir`` that matches."""
+          autocast_dtype: torch.dtype | None = None, cache_memory_limit: int | None = None,
+          teacher: nn.Module | None = None, student_last_layer: nn.Module | None = None) -> TrainOutcome:
+    """Train ``model`` in place; resumes from the latest checkpoint in ``work_dir`` that matches.
+
+    With ``spec.objective == "distill"``, ``teacher`` (frozen, eval mode) and the student's last
+    decoder layer (for the hidden-state term) are required; see :mod:`.distill`.
+    """
     timings: dict[str, float] = {}
     mbs = make_micro_batches(len(train_examples), spec.micro_batch_size, spec.seed)
     accum = spec.accumulation_steps
@@ -168,14 +174,24 @@ def train(model: nn.Module, plan: PartialPlan | None, train_examples: list[dict[
         optimizer, lambda s: lr_factor(s, spec.warmup_steps, total_steps)
     )
 
+    # (examples, longest sequence) of each micro-batch: the shape of its cache entries.
+    batch_shapes = {mb.index: (len(mb.examples), max(len(train_examples[i]["input_ids"]) for i in mb.examples))
+                    for mb in mbs}
+    memory_limit = memory_limit_from_env() if cache_memory_limit is None else cache_memory_limit
     cache: TrunkCache | None = None
     if plan is not None and spec.cache_trunk:
         hidden = int(text_config(model.config).hidden_size)  # type: ignore[attr-defined]
-        shapes = {mb.index: (len(mb.examples), max(len(train_examples[i]["input_ids"]) for i in mb.examples), hidden)
-                  for mb in mbs}
-        cache = TrunkCache(shapes, device, work_dir,
-                           memory_limit_from_env() if cache_memory_limit is None else cache_memory_limit)
+        cache = TrunkCache({i: (b, t, hidden) for i, (b, t) in batch_shapes.items()}, device, work_dir, memory_limit)
     forward = Forward(model, plan, cache, hooks, autocast_dtype, device)
+    distiller: Distiller | None = None
+    if spec.objective == "distill":
+        if teacher is None or student_last_layer is None:
+            raise ValueError("objective 'distill' needs the teacher and the student's last layer")
+        # The teacher's targets depend on the input alone, whatever the method: cache_trunk caches them too.
+        distiller = Distiller(teacher, spec, student_last_layer, device, hooks,
+                              cache_shapes=batch_shapes if spec.cache_trunk else None, work_dir=work_dir,
+                              memory_limit=memory_limit)
+        teacher = None  # the distiller owns it and releases it once its targets are all cached
 
     # Seed, then let a checkpoint overwrite the RNG states: a resumed run continues the same stream.
     torch.manual_seed(spec.seed)
@@ -214,14 +230,26 @@ def train(model: nn.Module, plan: PartialPlan | None, train_examples: list[dict[
         order = epoch_order(len(mbs), spec.seed, epoch)
         chosen = order[pos * accum : (pos + 1) * accum]
         targets = sum(target_count(train_examples[i]) for m in chosen for i in mbs[m].examples)
+        positions = sum(positions_of(train_examples[i]) for m in chosen for i in mbs[m].examples)
         step_loss, step_tokens = 0.0, 0
+        parts = {"ce": 0.0, "kl": 0.0, "hidden": 0.0}
         hits_before = forward.hits
+        teacher_hits_before = distiller.hits if distiller is not None else 0
         for m in chosen:
             hooks.check()
             examples = [train_examples[i] for i in mbs[m].examples]
             batch = _move(collate(examples, pad_id), device)
-            logits = forward(m, batch)
-            loss = loss_sum(logits, batch["labels"]) / max(targets, 1)
+            with capture_output(distiller.student_last_layer if distiller and distiller.beta > 0 else None) as box:
+                logits = forward(m, batch)
+            ce = loss_sum(logits, batch["labels"])
+            if distiller is None:
+                loss = ce / max(targets, 1)
+            else:
+                kl, hid = distiller.terms(m, batch, logits, box.get("hidden"))
+                loss = distiller.combine(ce, kl, hid, targets, positions)
+                parts["ce"] += float(ce.detach() / max(targets, 1))
+                parts["kl"] += float(kl.detach() / max(positions, 1)) if kl is not None else 0.0
+                parts["hidden"] += float(hid.detach() / max(positions, 1)) if hid is not None else 0.0
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise TrainingDivergedError(
@@ -247,6 +275,9 @@ def train(model: nn.Module, plan: PartialPlan | None, train_examples: list[dict[
         entry = {"step": done, "total_steps": total_steps, "epoch": done / steps_per_epoch, "loss": step_loss,
                  "lr": lr, "tokens_per_s": tps, "eta_s": eta, "tokens": step_tokens, "time_s": dt,
                  "cached": forward.hits - hits_before == len(chosen)}
+        if distiller is not None:
+            entry.update(parts)  # the unweighted terms: CE per target token, KL and 1 - cos per position
+            entry["teacher_cached"] = distiller.hits - teacher_hits_before == len(chosen)
         history.append(entry)
         hooks.metrics({k: entry[k] for k in ("step", "total_steps", "epoch", "loss", "lr", "tokens_per_s", "eta_s")})
         hooks.progress(done, total_steps, f"step {done}/{total_steps} loss {step_loss:.4f}")
@@ -270,6 +301,10 @@ def train(model: nn.Module, plan: PartialPlan | None, train_examples: list[dict[
     if cache is not None:
         timings["trunk_cache_bytes"] = float(cache.nbytes)
         cache.close()
+    if distiller is not None:
+        if distiller.cached:
+            timings["teacher_cache_bytes"] = float(distiller.nbytes)
+        distiller.close()
     model.eval()
     return TrainOutcome(
         steps=total_steps, total_steps=total_steps, epochs=total_steps / steps_per_epoch,

@@ -34,15 +34,17 @@ def memory_limit_from_env() -> int:
 
 # numpy has no bfloat16: such tensors are stored bit for bit as int16.
 _STORAGE = {torch.float32: (np.float32, None), torch.float16: (np.float16, None),
-            torch.bfloat16: (np.int16, torch.int16)}
+            torch.bfloat16: (np.int16, torch.int16), torch.int32: (np.int32, None)}
 
 
 class TrunkCache:
-    """Hidden states at the cache point, one entry per micro-batch, of known shapes."""
+    """Hidden states at the cache point, one entry per micro-batch, of known shapes. The
+    distillation teacher's targets use the same store under other ``name``s (their file names)."""
 
     def __init__(self, shapes: dict[int, tuple[int, ...]], device: torch.device, work_dir: Path | None,
-                 memory_limit_bytes: int) -> None:
+                 memory_limit_bytes: int, name: str = "trunk_cache") -> None:
         self.shapes = shapes
+        self.name = name
         self.device = device
         self.work_dir = work_dir
         self.memory_limit_bytes = memory_limit_bytes
@@ -65,7 +67,7 @@ class TrunkCache:
         if self.work_dir is None:
             raise ValueError("a memmap trunk cache needs a work_dir")
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.work_dir / "trunk_cache.bin"
+        self.path = self.work_dir / f"{self.name}.bin"
         np_dtype, _ = _STORAGE[dtype]
         offset = 0
         for i in sorted(self.shapes):
@@ -77,6 +79,10 @@ class TrunkCache:
     @property
     def on_disk(self) -> bool:
         return self._map is not None
+
+    @property
+    def complete(self) -> bool:
+        return len(self._filled) == len(self.shapes)
 
     def get(self, index: int) -> torch.Tensor | None:
         if index not in self._filled:
