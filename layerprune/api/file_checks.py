@@ -186,8 +186,8 @@ class JsonlContent:
             value = json.loads(text)
         except RecursionError:  # not a ValueError: nesting deeper than the interpreter's limit
             raise bad_line(self.line_no, "JSON nested too deeply") from None
-        except ValueError as exc:
-            raise bad_line(self.line_no, f"not valid JSON ({exc})") from None
+        except json.JSONDecodeError as exc:  # its own "line 1 column n" would contradict our line number
+            raise bad_line(self.line_no, f"not valid JSON: {exc.msg} (character {exc.pos + 1})") from None
         if not isinstance(value, dict):
             raise bad_line(self.line_no, f"a JSON {type(value).__name__}, expected an object")
         self.records += 1
