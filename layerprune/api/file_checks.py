@@ -70,7 +70,8 @@ def upload_formats(fields: dict[str, str]) -> tuple[str, ...]:
 
 
 class _TextsCheck:
-    """load_texts' rule: the first record names the text field; every record must hold it."""
+    """load_texts' rule: the first record names the text field; every record must hold it (load_texts
+    itself drops a record without it silently: at the door that is a mistake worth naming)."""
 
     def __init__(self) -> None:
         self.field: str | None = None
