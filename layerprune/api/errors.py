@@ -153,10 +153,20 @@ _SQLITE_UNAVAILABLE = ("database is locked", "database table is locked", "unable
                        "disk i/o error", "database or disk is full")
 
 
+# Postgres SQLSTATE classes of an unavailable server: connection exception, insufficient resources
+# (too many connections, disk full), operator intervention (shutdown, cancel), system error (I/O).
+# Class 54 (a statement too complex, a value past a limit) is an OperationalError too, but retrying
+# it can never help.
+_POSTGRES_UNAVAILABLE = ("08", "53", "57", "58")
+
+
 def is_database_down(exc: BaseException) -> bool:
     """Connection-level database failures (server down, restarting, pool exhausted)."""
     if isinstance(exc, sa_exc.OperationalError) and type(exc.orig).__module__ == "sqlite3":
         return str(exc.orig).lower().startswith(_SQLITE_UNAVAILABLE)
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    if isinstance(exc, sa_exc.OperationalError) and sqlstate:  # None: no answer from the server at all
+        return sqlstate[:2] in _POSTGRES_UNAVAILABLE
     if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
         return True
     return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)

@@ -70,7 +70,8 @@ def upload_formats(fields: dict[str, str]) -> tuple[str, ...]:
 
 
 class _TextsCheck:
-    """load_texts' rule: the first record names the text field; every record must hold it."""
+    """load_texts' rule: the first record names the text field; every record must hold it (load_texts
+    itself drops a record without it silently: at the door that is a mistake worth naming)."""
 
     def __init__(self) -> None:
         self.field: str | None = None
@@ -108,13 +109,19 @@ class _Formats:
         if self.allowed is None or any(f not in self.misfits for f in self.allowed):
             return
         last = max(self.allowed, key=self._reach)
-        line, why = self.misfits[last]
-        message = f"line {line}: {why}" if line is not None else why
-        others = [f"'{f}' (" + (f"line {self.misfits[f][0]}" if self.misfits[f][0] else self.misfits[f][1]) + ")"
-                  for f in self.allowed if f != last]
+        message = self._where(last)
+        others = []
+        for fmt in self.allowed:
+            if fmt != last:
+                line = self.misfits[fmt][0]
+                others.append(f"'{fmt}' (line {line})" if line is not None else f"'{fmt}'")
         if others:
             message += "; no other format fits either: " + ", ".join(others)
         raise ApiError(422, "invalid_file", message, param="file")
+
+    def _where(self, fmt: str) -> str:
+        line, why = self.misfits[fmt]
+        return f"line {line}: {why}" if line is not None else why
 
     def _reach(self, fmt: str) -> tuple[int, bool]:
         # The format that fitted longest is what the file was meant to be; on the same line, one
@@ -124,14 +131,7 @@ class _Formats:
 
     def outcome(self, all_formats: list[str]) -> dict[str, str | None]:
         """``{format: None (fits every record) or "line n: why"}`` for every format."""
-        out: dict[str, str | None] = {}
-        for fmt in all_formats:
-            if fmt in self.misfits:
-                line, why = self.misfits[fmt]
-                out[fmt] = f"line {line}: {why}" if line is not None else why
-            else:
-                out[fmt] = None
-        return out
+        return {fmt: self._where(fmt) if fmt in self.misfits else None for fmt in all_formats}
 
 
 class JsonlContent:
@@ -187,8 +187,8 @@ class JsonlContent:
             value = json.loads(text)
         except RecursionError:  # not a ValueError: nesting deeper than the interpreter's limit
             raise bad_line(self.line_no, "JSON nested too deeply") from None
-        except ValueError as exc:
-            raise bad_line(self.line_no, f"not valid JSON ({exc})") from None
+        except json.JSONDecodeError as exc:  # its own "line 1 column n" would contradict our line number
+            raise bad_line(self.line_no, f"not valid JSON: {exc.msg} (character {exc.pos + 1})") from None
         if not isinstance(value, dict):
             raise bad_line(self.line_no, f"a JSON {type(value).__name__}, expected an object")
         self.records += 1

@@ -160,7 +160,7 @@ class FilePublic(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "id": "file_7h6g5f4d3s2a1q0w9e8r7t6y", "object": "file", "filename": "train.jsonl",
         "size_bytes": 52311, "sha256": "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
-        "purpose": "finetune", "created_at": _TIME, "num_records": 120,
+        "purpose": "finetune", "created_at": _TIME, "num_records": 120, "formats": ["alpaca"],
     }]})
 
     id: str
@@ -171,6 +171,9 @@ class FilePublic(BaseModel):
     purpose: Literal["finetune", "evaluate", "calibration"]
     created_at: datetime
     num_records: int
+    formats: list[str] | None = Field(None, description=(
+        "what every record of the file fits: fine-tuning formats (alpaca, dolly, text, chat) and "
+        "'texts' (calibration or perplexity text); null for files uploaded before these checks"))
 
     @classmethod
     def from_row(cls, f: File) -> FilePublic:

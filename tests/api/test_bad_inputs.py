@@ -178,11 +178,14 @@ def test_max_seq_len_must_hold_the_prompt_template(client, new_tenant):
     # Counted here with the tokenizer on core's own template, as the worker would encode it.
     n = len(Tokenizer.from_file(str(tokenizer_file)).encode(alpaca_prompt("", None), add_special_tokens=False).ids)
     assert n > 20
-    for fmt in ("alpaca", "dolly"):
-        r = client.post("/v1/jobs", json={**PRUNE, "finetune": {"format": fmt, "max_seq_len": n}}, headers=h)
+    dolly = client.post("/v1/files", files={"file": ("d.jsonl", b'{"instruction": "a", "response": "b"}\n')},
+                        data={"purpose": "finetune"}, headers=h).json()["id"]
+    for fmt, dataset in (("alpaca", "bundled:instructions"), ("dolly", dolly)):
+        ft = {"format": fmt, "dataset": dataset}
+        r = client.post("/v1/jobs", json={**PRUNE, "finetune": {**ft, "max_seq_len": n}}, headers=h)
         err = assert_422(r, "finetune.max_seq_len")
         assert f"use at least {n + 1}" in err["message"]
-        r = client.post("/v1/jobs", json={**PRUNE, "finetune": {"format": fmt, "max_seq_len": n + 1}}, headers=h)
+        r = client.post("/v1/jobs", json={**PRUNE, "finetune": {**ft, "max_seq_len": n + 1}}, headers=h)
         assert r.status_code == 201, r.text
     # No template: plain text trains on every token, and max_seq_len 2 is a (tiny) valid window.
     r = client.post("/v1/jobs", json={**PRUNE, "finetune": {"format": "text", "dataset": "bundled:wikipedia-calibration",

@@ -50,5 +50,17 @@ def test_a_malformed_statement_is_not_an_outage(sqlite_client):
     assert is_database_down(operational("unable to open database file"))
     assert not is_database_down(operational('bad JSON path: \'$."a\x00"\''))
     assert not is_database_down(operational("no such table: jobs"))
+    # Postgres: by SQLSTATE class; an error without one never reached a server.
+    import psycopg
+    from psycopg import errors as pg
+
+    def pg_error(exc: Exception) -> sa_exc.OperationalError:
+        return sa_exc.OperationalError("SELECT 1", {}, exc)
+
+    for down in (psycopg.OperationalError("connection failed"), pg.AdminShutdown(), pg.TooManyConnections(),
+                 pg.QueryCanceled(), pg.CannotConnectNow(), pg.IoError()):
+        assert is_database_down(pg_error(down)), down
+    for not_down in (pg.ProgramLimitExceeded(), pg.StatementTooComplex()):
+        assert not is_database_down(pg_error(not_down)), not_down
     r = sqlite_client.post("/v1/jobs", json={**PRUNE, "metadata": {"a": "b"}}, headers=H)
     assert r.status_code == 201, r.text

@@ -69,11 +69,14 @@ def test_rows_must_fit_a_format_of_the_purpose(client, new_tenant):
     assert refused(upload(client, h, "c.jsonl", rows_jsonl([{"messages": [{"role": "assistant", "content": "a"},
                                                                           {"role": "user", "content": "b"}]}]))
                    ).startswith("line 1: the last message must have role 'assistant'")
-    # Each of the formats alone is fine.
-    for rows in (ALPACA, DOLLY, CHAT, TEXTS):
+    # Each of the formats alone is fine, and the file says what it fits.
+    for rows, fits in ((ALPACA, ["alpaca"]), (DOLLY, ["dolly"]), (CHAT, ["chat"]), (TEXTS, ["text", "texts"])):
         r = upload(client, h, "ok.jsonl", rows_jsonl(rows))
         assert r.status_code == 201, r.text
-        assert r.json()["num_records"] == len(rows)
+        assert r.json()["num_records"] == len(rows) and r.json()["formats"] == fits
+        assert client.get(f"/v1/files/{r.json()['id']}", headers=h).json()["formats"] == fits
+    r = upload(client, h, "ok.txt", b"Plain text.\n")
+    assert r.json()["formats"] == ["text", "texts"]
 
 
 def test_a_declared_format_is_checked_on_every_line(client, new_tenant):
@@ -250,6 +253,7 @@ def test_files_from_before_the_checks_keep_the_kind_check(client, new_tenant, se
     tenant, h = new_tenant
     f = upload(client, h, "a.jsonl", rows_jsonl(ALPACA)).json()
     formats_path(service_settings.uploads_dir / tenant / f"{f['id']}.jsonl").unlink()  # as an older upload
+    assert client.get(f"/v1/files/{f['id']}", headers=h).json()["formats"] is None
     assert client.post("/v1/jobs", json={**PRUNE, "finetune": {"dataset": f["id"], "format": "dolly"}},
                        headers=h).status_code == 201  # unknown: the worker checks the rows
     r = client.post("/v1/jobs", json={**PRUNE, "finetune": {"dataset": f["id"], "format": "text"}}, headers=h)

@@ -39,3 +39,12 @@ def test_text_field_is_the_first_known_field_of_the_first_row():
     assert text_field({"content": "x", "text": "y"}) == "text"
     assert text_field({"document": "x", "passage": "y"}) == "passage"
     assert text_field({"body": "x"}) is None
+
+
+def test_the_api_checks_uploads_and_specs_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, layerprune.api.file_checks, layerprune.api.validation; "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -12,7 +12,13 @@ from sqlalchemy.exc import IntegrityError
 
 from layerprune.api.deps import SessionDep, SettingsDep, TenantDep
 from layerprune.api.errors import ApiError, not_found
-from layerprune.api.file_checks import PURPOSE_FORMATS, formats_path, upload_formats, write_formats
+from layerprune.api.file_checks import (
+    PURPOSE_FORMATS,
+    formats_path,
+    read_formats,
+    upload_formats,
+    write_formats,
+)
 from layerprune.api.pagination import AfterQuery, LimitQuery, bad_cursor, envelope
 from layerprune.api.schemas import FileDeleted, FilePublic, FilesPublic, error_responses
 from layerprune.api.uploads import FileSink, receive_upload
@@ -46,6 +52,12 @@ def tenant_folder(settings: Any, tenant: str) -> Any:
     return settings.uploads_dir / re.sub(r"[^A-Za-z0-9_.-]", "_", tenant)
 
 
+def _public(row: File) -> FilePublic:
+    outcome = read_formats(row.storage_path)
+    fits = None if outcome is None else [fmt for fmt, why in outcome.items() if why is None]
+    return FilePublic.from_row(row).model_copy(update={"formats": fits})
+
+
 def _replay(session: Any, tenant: str, key: str, digest: str, ttl: int) -> FilePublic | None:
     replay = idempotency.lookup(session, tenant, key, digest, "file", ttl)
     if replay is None:
@@ -54,7 +66,7 @@ def _replay(session: Any, tenant: str, key: str, digest: str, ttl: int) -> FileP
     if not replay.same_request or row is None or row.tenant != tenant:
         raise ApiError(409, "idempotency_key_reused", "this Idempotency-Key was used with a different upload",
                        param="Idempotency-Key")
-    return FilePublic.from_row(row)
+    return _public(row)
 
 
 @router.post(
@@ -132,7 +144,7 @@ def _record(request: Request, tenant: str, settings: Any, sink: FileSink, fields
             facts.unlink(missing_ok=True)
             raise
         log.info("file uploaded", extra={"file_id": row.id, "size_bytes": row.size_bytes, "tenant": tenant})
-        return 201, FilePublic.from_row(row)
+        return 201, _public(row)
 
 
 @router.get("", response_model=FilesPublic, summary="List uploaded files, newest first",
@@ -150,7 +162,7 @@ def list_files_route(
         if after_seq is None:
             raise bad_cursor(after)
     page = list_files(session, tenant, limit=limit, after_seq=after_seq, purpose=purpose)
-    return envelope([FilePublic.from_row(f) for f in page.items], page.has_more)
+    return envelope([_public(f) for f in page.items], page.has_more)
 
 
 @router.get("/{file_id}", response_model=FilePublic, summary="Get a file", responses=error_responses(401, 404, 503))
@@ -158,7 +170,7 @@ def get_file_route(file_id: str, session: SessionDep, tenant: TenantDep) -> File
     row = get_file(session, tenant, file_id)
     if row is None:
         raise not_found("file")
-    return FilePublic.from_row(row)
+    return _public(row)
 
 
 @router.delete("/{file_id}", response_model=FileDeleted, summary="Delete a file",
