@@ -10,6 +10,8 @@ per operation and of scenarios, no shrinking deadline, so the run stays near a m
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
@@ -102,10 +104,19 @@ def test_stateful_sequences_follow_the_links(api_schema):
     base = api_schema.as_state_machine()
 
     class Workflow(base):  # type: ignore[misc, valid-type]
+        def before_call(self, case):  # noqa: ANN001, ANN201
+            # A fresh Idempotency-Key per call: a generated key reused with another body is a
+            # (correct) 409 that creates nothing, and whether a scenario could follow a link
+            # would then depend on earlier scenarios, which Hypothesis cannot replay.
+            if case.headers and "Idempotency-Key" in case.headers:
+                case.headers["Idempotency-Key"] = uuid.uuid4().hex
+
         def get_call_kwargs(self, case):  # noqa: ANN001, ANN201
             return {"headers": AUTH}
 
         def validate_response(self, response, case, additional_checks=None, **kwargs):  # noqa: ANN001, ANN201
             case.validate_response(response, checks=CHECKS)
 
-    Workflow.run(settings=settings(max_examples=30, stateful_step_count=6, **BOUNDED))
+    # Generate only, as schemathesis's own runner does: shrinking replays scenarios against a
+    # server whose state the earlier ones changed.
+    Workflow.run(settings=settings(max_examples=30, stateful_step_count=6, **{**BOUNDED, "phases": [Phase.generate]}))
