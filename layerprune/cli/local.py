@@ -25,9 +25,11 @@ def migrate() -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from layerprune.db.keys import key_secret
     from layerprune.settings import get_settings
 
     settings = get_settings()
+    key_secret(settings)  # a missing LAYERPRUNE_KEY_SECRET is one clear line, not a traceback from uvicorn
     if not args.no_migrate:
         migrate()
     level = (args.log_level or settings.log_level).lower()
@@ -61,9 +63,10 @@ def cmd_migrate(_: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from layerprune.db.keys import add_key
+    from layerprune.db.keys import add_key, key_secret
     from layerprune.db.session import session_scope
 
+    key_secret()  # before touching the database: a missing secret is a one-line error
     migrate()
     with session_scope() as session:
         key = add_key(session, args.tenant, name=args.name)

@@ -36,7 +36,7 @@ MIN_SECRET_CHARS = 32
 SECRET_FILE = "key_secret"
 
 
-class KeySecretError(RuntimeError):
+class KeySecretError(ValueError):
     """The key secret is missing or unusable; the message says what to set."""
 
 

@@ -235,3 +235,14 @@ def test_openapi_documents_what_the_layers_answer(embedded):
     # The 400 it documents is real: a body that is not even text.
     r = c.post("/v1/jobs", content=b"AJJ\xff\x01\xfe\x1a", headers={**_auth(KEY), "Content-Type": "application/json"})
     assert r.status_code == 400 and set(r.json()["error"]) == {"code", "message", "param"}
+
+
+def test_server_commands_refuse_a_missing_secret_before_touching_the_database(tmp_path, capsys):
+    from layerprune.cli import main
+
+    # A server database that does not exist: had the command connected first, the error would differ.
+    with service_env(key_secret=None, data_dir=tmp_path, database_url="postgresql+psycopg://nobody@127.0.0.1:1/none"):
+        assert main(["keys", "create", "t1"]) == 1
+        assert main(["serve", "--port", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("error: LAYERPRUNE_KEY_SECRET is not set") == 2 and "Traceback" not in err
