@@ -280,9 +280,10 @@ DISTILL_FIELDS = ("distill_temperature", "distill_alpha", "distill_hidden_weight
 
 def _check_distill(spec: FinetuneSpec) -> None:
     if spec.objective == "lm":
-        # A distillation knob with the LM objective would silently do nothing: refuse the typo.
+        # A distillation knob changed with the LM objective would silently do nothing: refuse it.
+        # (Compared with the default, not "was it given": a dumped spec lists every field.)
         for name in DISTILL_FIELDS:
-            if name in spec.model_fields_set:
+            if getattr(spec, name) != FinetuneSpec.model_fields[name].default:
                 raise SpecError(f"{name} applies only with objective 'distill'", param=f"finetune.{name}")
         return
     if spec.method == "none":

@@ -346,3 +346,9 @@ def test_top_k_beyond_the_vocabulary_is_refused(tmp_path, tiny_dirs, student_dir
         finetune_model(student_dir, spec_for(text_file, objective="distill", distill_top_k=600), tmp_path / "o",
                        tmp_path / "w", teacher_dir=tiny_dirs("llama"))
     assert e.value.param == "finetune.distill_top_k" and "512" in e.value.message
+
+
+def test_specs_round_trip_through_json():
+    # The worker reloads the stored spec: every field is listed there, defaults included.
+    for spec in (FinetuneSpec(), FinetuneSpec(dataset="bundled:wikipedia-train", format="text", **DISTILL)):
+        assert FinetuneSpec.model_validate_json(spec.model_dump_json()) == spec
