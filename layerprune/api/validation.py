@@ -10,6 +10,7 @@ failure is a core ``SpecError`` (or another typed core error) naming the field â
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ def validate_job_spec(session: Session, tenant: str, spec: JobSpec, settings: Se
     """Raise a typed core error (â†’ 422 naming the field) for anything a worker would refuse."""
     _check_model_ref(session, tenant, spec, settings)
     _check_files(session, tenant, spec)
+    _check_gsm8k_train(spec)
     if spec.webhook is not None:
         from layerprune.webhooks import validate_webhook_url
 
@@ -91,6 +93,21 @@ def _check_files(session: Session, tenant: str, spec: JobSpec) -> None:
             if is_text != (spec.finetune.format == "text"):
                 raise SpecError(f"file {file_id} is {'plain text' if is_text else 'JSONL'}; "
                                 f"format '{spec.finetune.format}' does not fit it", param="finetune.format")
+
+
+def _check_gsm8k_train(spec: JobSpec) -> None:
+    """Stock 'gsm8k' draws its shots from the GSM8K train split, bundled nowhere: on a service
+    configured offline, a spec naming no ``gsm8k_train`` file could never run."""
+    ev = spec.evaluate
+    if ev is None or "gsm8k" not in ev.tasks or ev.gsm8k_train is not None:
+        return
+    offline = any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+                  for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    if offline:
+        raise SpecError("task 'gsm8k' draws its 5 examples from the GSM8K train split, which is not bundled and "
+                        "this service is offline: upload it (JSONL with 'question' and 'answer') and name it in "
+                        "'evaluate.gsm8k_train', or use 'gsm8k_cot' (its examples are fixed)",
+                        param=f"evaluate.tasks[{ev.tasks.index('gsm8k')}]")
 
 
 def _local_model_dir(ref: str, settings: Settings) -> Path | None:
