@@ -253,6 +253,9 @@ class JobSpec(_Strict):
             return True
         if self.evaluate is not None and (self.evaluate.limit is None or self.evaluate.limit > 200):
             return True
+        # Generation costs hundreds of forward passes per example: only a handful stay on a CPU.
+        if self.evaluate is not None and self.evaluate.limit > 25 and set(self.evaluate.tasks) & set(GENERATIVE_TASKS):
+            return True
         return False
 
 

@@ -112,7 +112,7 @@ def evaluate_model(
     """Perplexity and/or zero-shot task scores of the model in ``model_dir`` (JSON-serialisable).
 
     Returns ``{"perplexity": {...} | None, "tasks": {task: {acc, acc_stderr, acc_norm,
-    acc_norm_stderr, n}}, "params", "size_bytes", "num_layers", "generation_tokens_per_s"
+    acc_norm_stderr, n}} (generative tasks: their own metric keys and ``higher_is_better``), "params", "size_bytes", "num_layers", "generation_tokens_per_s"
     (CUDA only, else None), "timings": {...}}``. ``model``/``tokenizer`` may be passed in
     to skip loading; ``device`` defaults to CUDA when present (bf16), else CPU (fp32).
     """
