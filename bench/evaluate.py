@@ -6,7 +6,13 @@ core/evaluate/lm_eval_configs.py). Each task is timed end to end for both: docum
 tokenization, scoring, metrics. lm-eval's TaskManager index is built once, outside the timings.
 Prints one JSON line: per task examples/s of each, the speed-up, both accuracies; and overall.
 
+Generative and last-word tasks (``--gen-tasks``; lm-eval reads them through
+core/evaluate/lm_eval_generative_configs.py) are timed the same way, with their own
+``--gen-limit``; their figures are reported apart (``generative``), with their scores, because
+a generated example costs far more than a scored one.
+
     python bench/evaluate.py --limit 50 [--tasks arc_easy,piqa] [--batch-size 16] [--mmlu-limit 2]
+    python bench/evaluate.py --tasks "" --gen-tasks gsm8k_cot,triviaqa,nq_open,lambada_openai --gen-limit 16
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--device", default=None)
     ap.add_argument("--repeat", type=int, default=2, help="runs of each side per task, alternating; the fastest counts")
+    ap.add_argument("--gen-tasks", default="", help="generative/last-word tasks, e.g. gsm8k_cot,triviaqa,nq_open")
+    ap.add_argument("--gen-limit", type=int, default=16, help="documents per generative task")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     args = ap.parse_args(argv)
 
     import logging
@@ -50,6 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
     from layerprune.core.loading import load_model
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model_dir = bundled_model_dir(args.model) if is_bundled(args.model) else Path(args.model)
     device = torch.device(args.device) if args.device else pick_device()
     model, tokenizer = load_model(model_dir, device=device, dtype=pick_dtype(device))
@@ -59,6 +70,12 @@ def main(argv: list[str] | None = None) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="lp-bench-"))
     os.environ["HF_DATASETS_CACHE"] = str(tmp / "hf_datasets_cache")
     lm_names = write_lm_eval_configs(tmp / "tasks", limits)
+    gen_tasks = [t for t in args.gen_tasks.split(",") if t]
+    gen_names: dict[str, str] = {}
+    if gen_tasks:
+        from layerprune.core.evaluate.lm_eval_generative_configs import write_generative_lm_eval_configs
+
+        gen_names = write_generative_lm_eval_configs(tmp / "tasks", {t: args.gen_limit for t in gen_tasks})
     tm = TaskManager(include_path=str(tmp / "tasks"), include_defaults=False)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size, device=str(device))
 
@@ -67,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     from layerprune.core.evaluate.loaders import load_docs
     from layerprune.core.evaluate.tasks import GROUPS, TASKS
 
-    tm.load(list(lm_names.values()))
+    tm.load(list(lm_names.values()) + list(gen_names.values()))
     for task in tasks:
         for leaf in GROUPS.get(task, (task,)):
             load_docs(TASKS[leaf], limits[task])
@@ -112,6 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
         total["layerprune_cpu_s"] += c_ours
         total["lm_eval_cpu_s"] += c_theirs
         print(f"{task}: {per_task[task]}", file=sys.stderr, flush=True)
+    generative = bench_generative(model, tokenizer, lm, tm, gen_names, args, sync) if gen_names else None
     overall = {
         "examples": total["examples"],
         "layerprune_ex_per_s": round(total["examples"] / total["layerprune_s"], 3),
@@ -119,14 +137,67 @@ def main(argv: list[str] | None = None) -> dict:
         "speedup": round(total["lm_eval_s"] / total["layerprune_s"], 3),
         "speedup_cpu_time": round(total["lm_eval_cpu_s"] / total["layerprune_cpu_s"], 3),
         "layerprune_s": round(total["layerprune_s"], 2), "lm_eval_s": round(total["lm_eval_s"], 2),
-        "identical": all(v["acc"] == v["lm_eval_acc"] and v["acc_norm"] == v["lm_eval_acc_norm"]
-                         for v in per_task.values()),
-    }
+    } if total["examples"] else {}
+    if overall:
+        overall["identical"] = all(v["acc"] == v["lm_eval_acc"] and v["acc_norm"] == v["lm_eval_acc_norm"]
+                                   for v in per_task.values())
     out = {"bench": "evaluate", "model": args.model, "device": str(device), "dtype": str(pick_dtype(device)),
            "limit": args.limit, "mmlu_limit": args.mmlu_limit, "repeat": args.repeat, "batch_size": args.batch_size,
-           "threads": torch.get_num_threads(), "tasks": per_task, "overall": overall}
+           "threads": torch.get_num_threads(), "load_average": os.getloadavg(), "tasks": per_task, "overall": overall,
+           "generative": generative}
     print(json.dumps(out))
     return out
+
+
+def bench_generative(model, tokenizer, lm, tm, gen_names: dict[str, str], args, sync) -> dict:
+    """Examples/s of each generative task, both sides on the same documents; scores must agree."""
+    import time
+
+    from lm_eval import simple_evaluate
+
+    from layerprune.core.evaluate.generative import GEN_TASKS, run_generative_tasks
+
+    run_generative_tasks(model, tokenizer, ["nq_open"], limit=1, batch_size=args.batch_size)  # warm-up
+    per_task: dict[str, dict] = {}
+    tot = {"examples": 0, "ours": 0.0, "theirs": 0.0, "ours_cpu": 0.0, "theirs_cpu": 0.0}
+    for task, lm_name in gen_names.items():
+        best = {"ours": (1e30, 1e30), "theirs": (1e30, 1e30)}
+        for _ in range(args.repeat):
+            sync()
+            t0, c0 = time.perf_counter(), time.process_time()
+            ours = run_generative_tasks(model, tokenizer, [task], limit=args.gen_limit,
+                                        batch_size=args.batch_size)[task]
+            sync()
+            t1, c1 = time.perf_counter(), time.process_time()
+            theirs = simple_evaluate(model=lm, tasks=[lm_name], task_manager=tm, log_samples=False,
+                                     bootstrap_iters=0)["results"][lm_name]
+            sync()
+            t2, c2 = time.perf_counter(), time.process_time()
+            best["ours"] = (min(best["ours"][0], t1 - t0), min(best["ours"][1], c1 - c0))
+            best["theirs"] = (min(best["theirs"][0], t2 - t1), min(best["theirs"][1], c2 - c1))
+        (w_o, c_o), (w_t, c_t) = best["ours"], best["theirs"]
+        n = ours["n"]
+        scores = {}
+        identical = True
+        for key in GEN_TASKS[task].metrics:
+            metric, _, filt = key.partition(",")
+            theirs_v = theirs[f"{metric},{filt or 'none'}"]
+            scores[key] = {"layerprune": ours[key], "lm_eval": theirs_v}
+            same = abs(ours[key] - theirs_v) <= 1e-5 * abs(theirs_v) if metric == "perplexity" else ours[key] == theirs_v
+            identical = identical and same
+        per_task[task] = {"examples": n, "layerprune_ex_per_s": round(n / w_o, 3), "lm_eval_ex_per_s": round(n / w_t, 3),
+                          "speedup": round(w_t / w_o, 3), "speedup_cpu_time": round(c_t / c_o, 3),
+                          "scores": scores, "identical": identical}
+        print(f"{task}: {per_task[task]}", file=sys.stderr, flush=True)
+        tot["examples"] += n
+        tot["ours"] += w_o
+        tot["theirs"] += w_t
+        tot["ours_cpu"] += c_o
+        tot["theirs_cpu"] += c_t
+    return {"limit": args.gen_limit, "tasks": per_task, "overall": {
+        "examples": tot["examples"], "layerprune_s": round(tot["ours"], 2), "lm_eval_s": round(tot["theirs"], 2),
+        "speedup": round(tot["theirs"] / tot["ours"], 3), "speedup_cpu_time": round(tot["theirs_cpu"] / tot["ours_cpu"], 3),
+        "identical": all(v["identical"] for v in per_task.values())}}
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ failure is a core ``SpecError`` (or another typed core error) naming the field â
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -61,6 +62,7 @@ def validate_job_spec(session: Session, tenant: str, spec: JobSpec, settings: Se
             raise SpecError(problem[1], param="metadata" if problem[0] == "key" else f"metadata.{key}")
     _check_model_ref(session, tenant, spec, settings)
     _check_files(session, tenant, spec)
+    _check_gsm8k_train(spec)
     if spec.webhook is not None:
         from layerprune.webhooks import validate_webhook_url
 
@@ -211,6 +213,29 @@ def _check_prompt_fits(spec: JobSpec, settings: Settings) -> None:
         raise SpecError(f"max_seq_len {ft.max_seq_len} cannot hold format '{ft.format}''s prompt template "
                         f"({n} tokens with this model's tokenizer, before any instruction) plus one response "
                         f"token: use at least {n + 1}", param="finetune.max_seq_len")
+def _check_gsm8k_train(spec: JobSpec) -> None:
+    """Stock 'gsm8k' draws its shots from the GSM8K train split, bundled nowhere: on a service
+    configured offline, a spec naming no ``gsm8k_train`` file could never run."""
+    ev = spec.evaluate
+    if ev is None or "gsm8k" not in ev.tasks or ev.gsm8k_train is not None:
+        return
+    offline = any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+                  for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    if offline:
+        raise SpecError("task 'gsm8k' draws its 5 examples from the GSM8K train split, which is not bundled and "
+                        "this service is offline: upload it (JSONL with 'question' and 'answer') and name it in "
+                        "'evaluate.gsm8k_train', or use 'gsm8k_cot' (its examples are fixed)",
+                        param=f"evaluate.tasks[{ev.tasks.index('gsm8k')}]")
+
+
+def _local_model_dir(ref: str, settings: Settings) -> Path | None:
+    if ref.startswith(("/", "./", "../", "~")) or ref in (".", ".."):
+        return Path(ref).expanduser().resolve()
+    for root in settings.model_root_paths:
+        candidate = root / ref
+        if candidate.is_dir():
+            return candidate.resolve()
+    return None
 
 
 def _layers_from_config(config: dict[str, Any]) -> int | None:

@@ -240,15 +240,23 @@ def summary_table(result: Mapping[str, Any], artifacts: Sequence[Mapping[str, An
     text = table(["", "before", "after", "change"], rows, "lrrr")
     sizes = _task_sizes(result.get("metrics"))
     if sizes:
-        text += (
-            "\ntasks: zero-shot accuracy on "
-            + (f"the first {sizes.pop()} examples of each" if len(sizes) == 1 else "the examples listed")
-            + " (scored as lm-evaluation-harness scores them)"
-        )
+        which = f"the first {sizes.pop()} examples of each" if len(sizes) == 1 else "the examples listed"
+        if _has_generative(result.get("metrics")):
+            # Generative tasks carry their metrics' direction; their shots are the task's own.
+            text += (f"\ntasks: scored on {which} with each task's lm-evaluation-harness prompt and shots "
+                     "(exact_match: greedy generation; perplexity: lower is better)")
+        else:
+            text += f"\ntasks: zero-shot accuracy on {which} (scored as lm-evaluation-harness scores them)"
     removed = result.get("removed_layers")
     if removed:
         text += "\nremoved layers (original numbering): " + ", ".join(str(i) for i in removed)
     return text
+
+
+def _has_generative(metrics: Any) -> bool:
+    after = metrics.get("after") if isinstance(metrics, Mapping) else None
+    tasks = after.get("tasks") if isinstance(after, Mapping) else None
+    return any(isinstance(r, Mapping) and "higher_is_better" in r for r in (tasks or {}).values())
 
 
 def _task_sizes(metrics: Any) -> set[int]:

@@ -141,11 +141,35 @@ def _card_body(record: Mapping[str, Any]) -> str:
         lines += ["## Healing", "", "```json", json.dumps(finetune, indent=2, default=str)[:4000], "```", ""]
     metrics = _part(record, "metrics")
     if metrics:
-        lines += ["## Evaluation", "", "```json", json.dumps(metrics, indent=2, default=str)[:4000], "```", ""]
+        lines += ["## Evaluation", ""] + _task_table(metrics) + ["```json", json.dumps(metrics, indent=2, default=str)[:4000], "```", ""]
     lines += ["## Provenance", "",
               f"Base model `{base.get('ref')}` (revision {base.get('revision')}); sha256 of every input file, the "
               f"spec, scores, calibration data and library versions are in `{RECORD_NAME}`.", ""]
     return "\n".join(lines)
+
+
+def _task_table(metrics: Mapping[str, Any]) -> list[str]:
+    """One row per task metric: before, after, change and which way is better (lm-eval's names)."""
+    after = metrics.get("after") if isinstance(metrics.get("after"), Mapping) else None
+    before = metrics.get("before") if isinstance(metrics.get("before"), Mapping) else {}
+    tasks = (after or {}).get("tasks") or {}
+    if not tasks:
+        return []
+    rows = ["| task | metric | better | before | after | change | n |", "|---|---|:---:|---:|---:|---:|---:|"]
+    for task, res in tasks.items():
+        if not isinstance(res, Mapping):
+            continue
+        prior = ((before or {}).get("tasks") or {}).get(task) or {}
+        for metric, higher in (res.get("higher_is_better") or {"acc": True, "acc_norm": True}).items():
+            a, b = res.get(metric), prior.get(metric)
+            if a is None:
+                continue
+            change = ""
+            if isinstance(b, int | float):
+                change = f"x{a / b:.3g}" if metric == "perplexity" and b else f"{a - b:+.3f}"
+            rows.append(f"| {task} | {metric} | {'higher' if higher else 'lower'} | {_fmt(b)} | {_fmt(a)} | "
+                        f"{change} | {res.get('n', '')} |")
+    return rows + [""]
 
 
 def write_model_card_and_record(out_dir: Path, record: dict[str, Any]) -> None:

@@ -107,6 +107,9 @@ def _with_datasets(spec: JobSpec, dataset_paths: dict[str, Path]) -> JobSpec:
     if spec.evaluate is not None and spec.evaluate.perplexity is not None:
         ppl = spec.evaluate.perplexity.model_copy(update={"dataset": sub(spec.evaluate.perplexity.dataset)})
         update["evaluate"] = spec.evaluate.model_copy(update={"perplexity": ppl})
+    if spec.evaluate is not None and spec.evaluate.gsm8k_train is not None:
+        evaluate = update.get("evaluate", spec.evaluate)
+        update["evaluate"] = evaluate.model_copy(update={"gsm8k_train": sub(spec.evaluate.gsm8k_train)})
     return spec.model_copy(update=update)
 
 

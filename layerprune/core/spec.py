@@ -42,9 +42,11 @@ FinetuneMethod = Literal["partial", "lora", "qlora", "full", "none"]
 FinetuneObjective = Literal["lm", "distill"]
 DataFormat = Literal["alpaca", "dolly", "text", "chat"]
 TaskName = Literal[
-    "arc_easy", "arc_challenge", "piqa", "hellaswag", "openbookqa", "winogrande", "boolq", "mmlu"
+    "arc_easy", "arc_challenge", "piqa", "hellaswag", "openbookqa", "winogrande", "boolq", "mmlu",
+    "gsm8k", "gsm8k_cot", "lambada_openai", "triviaqa", "nq_open",
 ]
 TASKS: tuple[str, ...] = TaskName.__args__  # type: ignore[attr-defined]
+GENERATIVE_TASKS: tuple[str, ...] = ("gsm8k", "gsm8k_cot", "lambada_openai", "triviaqa", "nq_open")
 
 NonNegInt = Annotated[int, Field(ge=0)]
 
@@ -309,6 +311,12 @@ class EvaluateSpec(_Strict):
     batch_size: int = Field(16, ge=1, le=4096)
     # Evaluate the input model too, under the same settings, to report deltas.
     compare_base: bool = True
+    # Render prompts with the tokenizer's chat template (lm-eval's --apply_chat_template; few-shot
+    # examples as separate turns, its default then). Generative and last-word tasks only.
+    apply_chat_template: bool = False
+    # The GSM8K train split stock 'gsm8k' draws its 5 examples from: an uploaded file id, a local
+    # .jsonl/.json/.parquet path, or null for the hub copy openai/gsm8k (not bundled).
+    gsm8k_train: str | None = Field(None, min_length=1, max_length=4096)
 
     @field_validator("tasks")
     @classmethod
@@ -321,6 +329,14 @@ class EvaluateSpec(_Strict):
     def _something(self) -> EvaluateSpec:
         if self.perplexity is None and not self.tasks:
             raise SpecError("evaluate needs 'perplexity' and/or 'tasks'", param="evaluate")
+        if self.apply_chat_template:
+            for i, task in enumerate(self.tasks):
+                if task not in GENERATIVE_TASKS:
+                    raise SpecError(f"apply_chat_template is supported for {', '.join(GENERATIVE_TASKS)}, not "
+                                    f"'{task}'; score it in a job without the chat template", param=f"evaluate.tasks[{i}]")
+        if self.gsm8k_train is not None and "gsm8k" not in self.tasks:
+            raise SpecError("gsm8k_train is only used by task 'gsm8k', which tasks does not name",
+                            param="evaluate.gsm8k_train")
         return self
 
 
@@ -374,6 +390,9 @@ class JobSpec(_Strict):
         if self.prune is not None and self.prune.replacement is not None:
             return True  # fitting the maps needs a forward pass over the calibration data
         if self.evaluate is not None and (self.evaluate.limit is None or self.evaluate.limit > 200):
+            return True
+        # Generation costs hundreds of forward passes per example: only a handful stay on a CPU.
+        if self.evaluate is not None and self.evaluate.limit > 25 and set(self.evaluate.tasks) & set(GENERATIVE_TASKS):
             return True
         return False
 

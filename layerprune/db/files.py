@@ -11,7 +11,8 @@ from layerprune.db.jobs import Page
 from layerprune.db.models import LIVE_STATUSES, File, Job
 
 # Where a job spec may name a file (``file_…``), as JSON paths for error messages.
-FILE_FIELDS = ("finetune.dataset", "prune.calibration.dataset", "evaluate.perplexity.dataset")
+FILE_FIELDS = ("finetune.dataset", "prune.calibration.dataset", "evaluate.perplexity.dataset",
+               "evaluate.gsm8k_train")
 
 
 def spec_value(spec: dict[str, Any], path: str) -> Any:

@@ -74,6 +74,8 @@ def _dataset_refs(spec: JobSpec) -> list[tuple[str, str]]:
         refs.append((spec.finetune.dataset, "finetune.dataset"))
     if spec.evaluate is not None and spec.evaluate.perplexity is not None:
         refs.append((spec.evaluate.perplexity.dataset, "evaluate.perplexity.dataset"))
+    if spec.evaluate is not None and spec.evaluate.gsm8k_train is not None:
+        refs.append((spec.evaluate.gsm8k_train, "evaluate.gsm8k_train"))
     return refs
 
 

@@ -276,6 +276,18 @@ function flatten(obj, prefix, out) {
   return out;
 }
 
+// A task result may say which way each of its metrics is better (lm-eval's higher_is_better:
+// LAMBADA's perplexity is lower-is-better); otherwise perplexity is, and the rest is not.
+function lowerIsBetter(key, metrics) {
+  const parts = key.split(".");
+  if (parts[0] === "tasks" && parts.length === 3) {
+    const task = ((metrics.after || {}).tasks || {})[parts[1]] || ((metrics.before || {}).tasks || {})[parts[1]] || {};
+    const hib = task.higher_is_better || {};
+    if (Object.prototype.hasOwnProperty.call(hib, parts[2])) return hib[parts[2]] === false;
+  }
+  return key.startsWith("perplexity") || parts[parts.length - 1].startsWith("perplexity");
+}
+
 function renderMetrics(metrics) {
   const before = flatten(metrics.before, "", {});
   const after = flatten(metrics.after, "", {});
@@ -286,7 +298,7 @@ function renderMetrics(metrics) {
     const b = before[k], a = after[k];
     const d = typeof a === "number" && typeof b === "number" ? a - b : null;
     // Lower perplexity is better; higher accuracy is better.
-    const better = d === null || d === 0 ? "" : (k.startsWith("perplexity") ? d < 0 : d > 0) ? "delta-good" : "delta-bad";
+    const better = d === null || d === 0 ? "" : (lowerIsBetter(k, metrics) ? d < 0 : d > 0) ? "delta-good" : "delta-bad";
     body.append(el("tr", { "data-metric": k }, el("td", { class: "mono", text: k }),
       el("td", { text: fmtNum(b) }), el("td", { text: fmtNum(a) }),
       el("td", { class: better, text: d === null ? "—" : (d > 0 ? "+" : "") + fmtNum(d) })));

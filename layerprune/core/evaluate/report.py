@@ -11,7 +11,11 @@ def _delta(before: float | None, after: float | None) -> dict[str, float | None]
 
 
 def compare_results(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """Deltas (after - before) for perplexity, each task's acc/acc_norm, params, size and layers.
+    """Deltas (after - before) for perplexity, each task's metrics, params, size and layers.
+
+    A task's metrics are acc/acc_norm, or those its result lists in ``higher_is_better``
+    (generative tasks: ``exact_match,<filter>``; LAMBADA: acc and perplexity, which also gets
+    ``ratio``).
 
     Perplexity also gets ``ratio`` (after / before). Tasks present in only one result are left out:
     a comparison needs both sides scored the same way.
@@ -24,7 +28,12 @@ def compare_results(before: dict[str, Any], after: dict[str, Any]) -> dict[str, 
         ra = (after.get("tasks") or {}).get(task)
         if ra is None:
             continue
-        out["tasks"][task] = {m: _delta(rb.get(m), ra.get(m)) for m in ("acc", "acc_norm")}
+        # Generative tasks list their own metrics (lm-eval's names, with their direction).
+        metrics = rb.get("higher_is_better") or {"acc": True, "acc_norm": True}
+        out["tasks"][task] = {m: _delta(rb.get(m), ra.get(m)) for m in metrics}
+        for m in metrics:
+            if m == "perplexity" and rb.get(m) and ra.get(m) is not None:
+                out["tasks"][task][m]["ratio"] = ra[m] / rb[m]
     for key in ("params", "size_bytes", "num_layers", "generation_tokens_per_s"):
         out[key] = _delta(before.get(key), after.get(key))
     if before.get("params") and after.get("params"):
