@@ -217,6 +217,34 @@ def test_iterative_rounds_are_replaced_as_one_run_in_original_numbering(tiny_dir
     assert [(r["layers"], r["kept_layer"]) for r in res.replacement["runs"]] == [([5, 6, 7], 4)]
 
 
+def test_rounds_healed_between_are_each_replaced_before_healing(tiny_dirs, tmp_path: Path) -> None:
+    healed: list[int] = []
+
+    def heal_round(pruned_dir: Path, r: int) -> Path:
+        healed.append(r)
+        return pruned_dir  # "healed in place": the next round scores and replaces this directory
+
+    spec = PruneSpec(metric="reverse_order", num_layers=2, iterative_step=1, heal_between_rounds=True,
+                     calibration=SMALL_CALIBRATION, replace="linear")
+    res = prune_model(tiny_dirs("llama"), spec, tmp_path / "out", heal_round=heal_round, device="cpu")
+    assert healed == [0] and res.replacement is not None
+    assert [(r["round"], r["layers"], r["kept_layer"], r["folded_into"]) for r in res.replacement["runs"]] == [
+        (0, [7], 6, "model.layers.6.mlp.down_proj.weight"), (1, [6], 5, "model.layers.5.mlp.down_proj.weight")]
+
+
+@pytest.mark.parametrize("family, refused", [("llama", False), ("gpt_neox", False), ("gemma3", True)])
+def test_additivity_check_in_bfloat16(family: str, refused: bool, tiny_dirs) -> None:
+    from layerprune.core.replace.write import check_foldable
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dirs(family), dtype=torch.bfloat16).eval()
+    ids = torch.randint(3, VOCAB, (1, 16), generator=torch.Generator().manual_seed(0))
+    if refused:
+        with pytest.raises(SpecError):
+            check_foldable(model, ids)
+    else:
+        check_foldable(model, ids)
+
+
 @pytest.mark.parametrize("family", REFUSED)
 def test_post_norm_families_are_refused(family: str, tiny_dirs, tmp_path: Path) -> None:
     spec = PruneSpec(metric="reverse_order", num_layers=2, calibration=SMALL_CALIBRATION, replace="linear")

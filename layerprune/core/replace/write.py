@@ -106,6 +106,7 @@ def replace_and_write(src_dir: Path, out_dir: Path, removed: Sequence[int], spec
     """
     runs = runs_of(removed)
     t0 = time.monotonic()
+    Path(out_dir).parent.mkdir(parents=True, exist_ok=True)  # the activations are spilled beside the output
     sites, maps, reports = fit_maps(model, runs, calibration, spec, batch_size=batch_size,
                                     work_parent=Path(out_dir).parent, hooks=hooks)
     module_prefix = find_decoder_parts(model).layers_path + "."
