@@ -291,6 +291,9 @@ def test_spec_shapes_and_routing() -> None:
     full = PruneSpec(replace={"method": "linear", "objective": "cosine", "steps": 50}).replacement
     assert full is not None and full.objective == "cosine" and full.steps == 50
     assert PruneSpec(replace="linear").model_dump()["replace"]["method"] == "linear"
+    with pytest.raises(SpecError) as err:
+        PruneSpec(replace={"objective": "cosine"})
+    assert err.value.param == "prune.replace.method"
     for bad in ("quadratic", {"method": "linear", "objective": "l1"}, {"method": "linear", "steps": 0}):
         with pytest.raises(ValueError):
             PruneSpec(replace=bad)
