@@ -172,10 +172,24 @@ def test_fit_maps_on_a_tiny_model_reports_each_run(tiny_dirs, tmp_path: Path) ->
     sites, maps, reports = fit_maps(model, runs_of(REMOVED), calibration, spec, batch_size=3, work_parent=tmp_path)
     assert [s.block for s in sites] == [1, 5] and [tuple(t.shape) for t in maps] == [(HIDDEN, HIDDEN)] * 2
     for rep in reports:
-        assert rep["tokens"] == 64
+        assert rep["tokens"] == rep["report_tokens"] == 64
         assert rep["lstsq"]["cosine"] > rep["cosine_removed"] and rep["lstsq"]["residual"] < rep["residual_removed"]
         assert rep["cosine"] >= rep["lstsq"]["cosine"]  # never worse than least squares over all tokens
     assert list(tmp_path.iterdir()) == []  # the activation chunks are gone
+
+
+def test_lstsq_fits_every_token_but_keeps_only_a_bounded_report_sample(tiny_dirs, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import layerprune.core.replace.write as write
+
+    model = _load(tiny_dirs("llama"))
+    calibration = torch.randint(3, VOCAB, (4, 16), generator=torch.Generator().manual_seed(0))
+    spec = ReplaceSpec(method="linear", chunk_tokens=10)
+    _, full, _ = fit_maps(model, runs_of([4]), calibration, spec, batch_size=1, work_parent=tmp_path)
+    monkeypatch.setattr(write, "REPORT_TOKENS", 20)  # less than one batch: the sample is cut mid-batch
+    _, bounded, (rep,) = fit_maps(model, runs_of([4]), calibration, spec, batch_size=1, work_parent=tmp_path)
+    assert rep["tokens"] == 64 and rep["report_tokens"] == 20
+    torch.testing.assert_close(bounded[0], full[0], atol=0, rtol=0)  # the map itself saw all 64 tokens
 
 
 def test_chunk_store_round_trips_and_cleans_up(tmp_path: Path) -> None:
