@@ -1,8 +1,9 @@
 """Prune a model directory with each removed run replaced by a fitted linear map (docs/methods.md §6.1).
 
 Order of work: find the runs (refusing one at layer 0 before anything is loaded), find and verify
-each fold site on the loaded model, collect activations to disk, fit the maps, release nothing the
-caller owns, then write plain removal with :func:`stream_prune` and overwrite the folded weights.
+each fold site on the loaded model, collect activations (normal equations summed online; a sample,
+or for the cosine objective every token, spilled to disk), fit the maps, then write plain removal
+with :func:`stream_prune` and overwrite the folded weights in place.
 """
 
 from __future__ import annotations
