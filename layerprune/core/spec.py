@@ -118,6 +118,14 @@ class ReplaceSpec(_Strict):
     # Tokens per accumulation chunk (lstsq) and per optimiser step (cosine): the memory bound.
     chunk_tokens: int = Field(1024, ge=1, le=1_048_576)
 
+    @model_validator(mode="after")
+    def _settings_need_a_method(self) -> ReplaceSpec:
+        # {"objective": "cosine"} alone would silently replace nothing: say what is missing.
+        if self.method == "none" and self.model_fields_set - {"method"}:
+            raise SpecError("replace settings are given but method is 'none'; set method 'linear'",
+                            param="prune.replace.method")
+        return self
+
 
 REPLACE_METHODS: tuple[str, ...] = ReplaceMethod.__args__  # type: ignore[attr-defined]
 

@@ -81,6 +81,7 @@ CASES = [
     (pr(ratio=0.25, replace={"method": "linear", "objective": "l1"}), "prune.replace.objective"),
     (pr(ratio=0.25, replace={"method": "linear", "steps": 0}), "prune.replace.steps"),
     (pr(ratio=0.25, replace={"method": "linear", "bogus": 1}), "prune.replace.bogus"),
+    (pr(ratio=0.25, replace={"objective": "cosine"}), "prune.replace.method"),
     ({"prune": {"metric": "manual", "layers": [0, 1], "replace": "linear"}}, "prune.replace"),
     ({"prune": "reverse"}, "prune"),
     # finetune

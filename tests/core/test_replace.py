@@ -172,10 +172,24 @@ def test_fit_maps_on_a_tiny_model_reports_each_run(tiny_dirs, tmp_path: Path) ->
     sites, maps, reports = fit_maps(model, runs_of(REMOVED), calibration, spec, batch_size=3, work_parent=tmp_path)
     assert [s.block for s in sites] == [1, 5] and [tuple(t.shape) for t in maps] == [(HIDDEN, HIDDEN)] * 2
     for rep in reports:
-        assert rep["tokens"] == 64
+        assert rep["tokens"] == rep["report_tokens"] == 64
         assert rep["lstsq"]["cosine"] > rep["cosine_removed"] and rep["lstsq"]["residual"] < rep["residual_removed"]
         assert rep["cosine"] >= rep["lstsq"]["cosine"]  # never worse than least squares over all tokens
     assert list(tmp_path.iterdir()) == []  # the activation chunks are gone
+
+
+def test_lstsq_fits_every_token_but_keeps_only_a_bounded_report_sample(tiny_dirs, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import layerprune.core.replace.write as write
+
+    model = _load(tiny_dirs("llama"))
+    calibration = torch.randint(3, VOCAB, (4, 16), generator=torch.Generator().manual_seed(0))
+    spec = ReplaceSpec(method="linear", chunk_tokens=10)
+    _, full, _ = fit_maps(model, runs_of([4]), calibration, spec, batch_size=1, work_parent=tmp_path)
+    monkeypatch.setattr(write, "REPORT_TOKENS", 20)  # less than one batch: the sample is cut mid-batch
+    _, bounded, (rep,) = fit_maps(model, runs_of([4]), calibration, spec, batch_size=1, work_parent=tmp_path)
+    assert rep["tokens"] == 64 and rep["report_tokens"] == 20
+    torch.testing.assert_close(bounded[0], full[0], atol=0, rtol=0)  # the map itself saw all 64 tokens
 
 
 def test_chunk_store_round_trips_and_cleans_up(tmp_path: Path) -> None:
@@ -215,6 +229,34 @@ def test_iterative_rounds_are_replaced_as_one_run_in_original_numbering(tiny_dir
     res = prune_model(tiny_dirs("llama"), spec, tmp_path / "out", device="cpu")
     assert res.replacement is not None
     assert [(r["layers"], r["kept_layer"]) for r in res.replacement["runs"]] == [([5, 6, 7], 4)]
+
+
+def test_rounds_healed_between_are_each_replaced_before_healing(tiny_dirs, tmp_path: Path) -> None:
+    healed: list[int] = []
+
+    def heal_round(pruned_dir: Path, r: int) -> Path:
+        healed.append(r)
+        return pruned_dir  # "healed in place": the next round scores and replaces this directory
+
+    spec = PruneSpec(metric="reverse_order", num_layers=2, iterative_step=1, heal_between_rounds=True,
+                     calibration=SMALL_CALIBRATION, replace="linear")
+    res = prune_model(tiny_dirs("llama"), spec, tmp_path / "out", heal_round=heal_round, device="cpu")
+    assert healed == [0] and res.replacement is not None
+    assert [(r["round"], r["layers"], r["kept_layer"], r["folded_into"]) for r in res.replacement["runs"]] == [
+        (0, [7], 6, "model.layers.6.mlp.down_proj.weight"), (1, [6], 5, "model.layers.5.mlp.down_proj.weight")]
+
+
+@pytest.mark.parametrize("family, refused", [("llama", False), ("gpt_neox", False), ("gemma3", True)])
+def test_additivity_check_in_bfloat16(family: str, refused: bool, tiny_dirs) -> None:
+    from layerprune.core.replace.write import check_foldable
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dirs(family), dtype=torch.bfloat16).eval()
+    ids = torch.randint(3, VOCAB, (1, 16), generator=torch.Generator().manual_seed(0))
+    if refused:
+        with pytest.raises(SpecError):
+            check_foldable(model, ids)
+    else:
+        check_foldable(model, ids)
 
 
 @pytest.mark.parametrize("family", REFUSED)
@@ -263,6 +305,9 @@ def test_spec_shapes_and_routing() -> None:
     full = PruneSpec(replace={"method": "linear", "objective": "cosine", "steps": 50}).replacement
     assert full is not None and full.objective == "cosine" and full.steps == 50
     assert PruneSpec(replace="linear").model_dump()["replace"]["method"] == "linear"
+    with pytest.raises(SpecError) as err:
+        PruneSpec(replace={"objective": "cosine"})
+    assert err.value.param == "prune.replace.method"
     for bad in ("quadratic", {"method": "linear", "objective": "l1"}, {"method": "linear", "steps": 0}):
         with pytest.raises(ValueError):
             PruneSpec(replace=bad)

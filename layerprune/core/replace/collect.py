@@ -4,16 +4,17 @@ For a run ``first … last`` with kept block ``i = first − 1``, on every calib
 ``m`` = output of block i's MLP output projection, ``a`` = block i's output − ``m`` (the residual
 stream the MLP output is added to: after attention on sequential blocks, input + attention on
 GPT-NeoX's parallel ones), ``y`` = block ``last``'s output (before the final norm when ``last`` is
-the last block). One forward per calibration batch serves every run; each batch's rows are one
-chunk per run, written to disk in float32 so memory holds one batch whatever the calibration size.
-Calibration windows are full token windows (no padding), so every position is a token.
+the last block). One forward per calibration batch serves every run; each batch's rows go to a
+sink per run (the online normal equations, and the chunk store on disk when the fit needs to read
+them again), so memory holds one batch whatever the calibration size. Calibration windows are full
+token windows (no padding), so every position is a token.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,14 @@ class ChunkStore:
     def __init__(self, parent: Path | None = None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="layerprune_replace_", dir=parent))
         self.files: dict[int, list[Path]] = {}
+        self.tokens: dict[int, int] = {}  # rows stored per run
 
     def append(self, run: int, a: torch.Tensor, m: torch.Tensor, y: torch.Tensor) -> None:
         files = self.files.setdefault(run, [])
         path = self.root / f"run{run}_{len(files):06d}.pt"
         torch.save({"a": a.float().cpu(), "m": m.float().cpu(), "y": y.float().cpu()}, path)
         files.append(path)
+        self.tokens[run] = self.tokens.get(run, 0) + a.shape[0]
 
     def chunks(self, run: int, device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, ...]]:
         for path in self.files.get(run, []):
@@ -60,10 +63,15 @@ def _out(output: Any) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output[0]
 
 
+Sink = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
+"""sink(run_index, a, m, y) with [tokens, d] float32 tensors on the model's device."""
+
+
 @torch.no_grad()
 def collect(model: nn.Module, layers: nn.ModuleList, runs: Sequence[Run], sites: Sequence[Site],
-            calibration: torch.Tensor, store: ChunkStore, *, batch_size: int = 1, hooks: Hooks = NO_HOOKS) -> int:
-    """Fill ``store`` with every run's ``(a, m, y)`` over the calibration token ids [N, S]; returns tokens per run."""
+            calibration: torch.Tensor, sink: Sink, *, batch_size: int = 1, hooks: Hooks = NO_HOOKS) -> int:
+    """Pass every run's ``(a, m, y)`` over the calibration token ids [N, S] to ``sink``, a batch at a
+    time; returns the tokens per run."""
     stop_after = max(r.last for r in runs)
     device = next(model.parameters()).device
     seen: dict[str, torch.Tensor] = {}
@@ -101,8 +109,8 @@ def collect(model: nn.Module, layers: nn.ModuleList, runs: Sequence[Run], sites:
                 d = seen[f"m{run.kept}"].shape[-1]
                 m = seen[f"m{run.kept}"].reshape(-1, d).float()
                 a = seen[f"out{run.kept}"].reshape(-1, d).float() - m
-                y = seen[f"out{run.last}"].reshape(-1, d)
-                store.append(r, a, m, y)
+                y = seen[f"out{run.last}"].reshape(-1, d).float()
+                sink(r, a, m, y)
             tokens += ids.numel()
             hooks.progress(min(start + batch_size, n), n, "replace: collecting activations")
     finally:

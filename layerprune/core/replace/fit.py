@@ -9,8 +9,7 @@ the least-squares T; the result is kept only when it does not raise the distance
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
@@ -125,9 +124,3 @@ def optimise_cosine(chunks: Chunks, t0: torch.Tensor, *, steps: int, learning_ra
         if check is not None:
             check()
     return t.detach(), losses
-
-
-@dataclass
-class RunFit:
-    t: torch.Tensor  # float64 on CPU
-    report: dict[str, Any] = field(default_factory=dict)

@@ -1,12 +1,15 @@
 """Prune a model directory with each removed run replaced by a fitted linear map (docs/methods.md §6.1).
 
 Order of work: find the runs (refusing one at layer 0 before anything is loaded), find and verify
-each fold site on the loaded model, collect activations to disk, fit the maps, release nothing the
-caller owns, then write plain removal with :func:`stream_prune` and overwrite the folded weights.
+each fold site on the loaded model, collect activations (normal equations summed online; a sample,
+or for the cosine objective every token, spilled to disk), fit the maps, then write plain removal
+with :func:`stream_prune` and overwrite the folded weights in place.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,9 +18,10 @@ from typing import Any
 import torch
 
 from layerprune.core.architecture import find_decoder_parts
+from layerprune.core.errors import SpecError
 from layerprune.core.hooks import NO_HOOKS, Hooks
 from layerprune.core.replace.collect import ChunkStore, collect
-from layerprune.core.replace.fit import accumulate, evaluate, optimise_cosine, solve
+from layerprune.core.replace.fit import NormalEquations, evaluate, optimise_cosine, solve
 from layerprune.core.replace.fold import write_folds
 from layerprune.core.replace.plan import Run, check_additive, find_site, runs_of
 from layerprune.core.spec import ReplaceSpec
@@ -28,21 +32,24 @@ def _fit_device(model: Any) -> torch.device:
     return device if device.type == "cuda" else torch.device("cpu")  # MPS has no float64
 
 
-def fit_run(store: ChunkStore, r: int, d: int, spec: ReplaceSpec, device: torch.device,
+# With objective lstsq the chunks on disk only serve the fit report (cosine, residual), so at most
+# this many tokens per run are kept for it; the normal equations themselves see every token.
+REPORT_TOKENS = 16_384
+
+
+def fit_run(eq: NormalEquations, store: ChunkStore, r: int, spec: ReplaceSpec, device: torch.device,
             hooks: Hooks = NO_HOOKS) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The map of run ``r`` (float64, CPU) and its fit report."""
+    """The map of run ``r`` (float64, CPU) from its normal equations and stored chunks, and its fit report."""
 
     def chunks():  # type: ignore[no-untyped-def]
         return store.chunks(r)
 
     t0 = time.monotonic()
-    eq = accumulate(chunks, d, chunk_tokens=spec.chunk_tokens, device=device)
     t, lam = solve(eq, spec.ridge)
     lstsq = evaluate(chunks, t, chunk_tokens=spec.chunk_tokens, device=device)
-    report: dict[str, Any] = {"tokens": eq.tokens, "ridge_lambda": lam,
+    report: dict[str, Any] = {"tokens": eq.tokens, "report_tokens": store.tokens.get(r, 0), "ridge_lambda": lam,
                               "cosine_removed": lstsq["cosine_removed"], "residual_removed": lstsq["residual_removed"],
                               "lstsq": {"cosine": lstsq["cosine"], "residual": lstsq["residual"]}}
-    del eq
     chosen = "lstsq"
     if spec.objective == "cosine":
         tc, losses = optimise_cosine(chunks, t, steps=spec.steps, learning_rate=spec.learning_rate,
@@ -60,26 +67,53 @@ def fit_run(store: ChunkStore, r: int, d: int, spec: ReplaceSpec, device: torch.
     return t.detach().to("cpu", torch.float64), report
 
 
+def _check_spill_space(parent: Path, tokens: int, d: int, runs: int) -> None:
+    # The cosine objective re-reads every token's activations: 3 float32 vectors per token and run.
+    need = tokens * d * 3 * 4 * runs
+    free = shutil.disk_usage(parent).free
+    if need > 0.9 * free:
+        raise SpecError(f"replace objective 'cosine' spills {need / 1e9:.1f} GB of activations to disk and only "
+                        f"{free / 1e9:.1f} GB are free; use fewer calibration tokens or objective 'lstsq' "
+                        "(which keeps no activations)", param="prune.calibration.num_samples")
+
+
 def fit_maps(model: Any, runs: Sequence[Run], calibration: torch.Tensor, spec: ReplaceSpec, *,
              batch_size: int = 1, work_parent: Path | None = None, hooks: Hooks = NO_HOOKS
              ) -> tuple[list[Any], list[torch.Tensor], list[dict[str, Any]]]:
-    """Sites, maps and fit reports of ``runs`` on ``model`` (collected over ``calibration`` [N, S])."""
+    """Sites, maps and fit reports of ``runs`` on ``model`` (collected over ``calibration`` [N, S]).
+
+    One forward per calibration batch feeds each run's normal equations (every token, float64) and
+    its chunk store: every token for the cosine objective, the first ``REPORT_TOKENS`` for lstsq.
+    """
     parts = find_decoder_parts(model)
     hidden = int(parts.embeddings.weight.shape[-1])
     sites = [find_site(parts.layers, run.kept, hidden) for run in runs]
     for site in sites:
         check_additive(model, parts.layers, site, calibration)
     device = _fit_device(model)
+    keep = calibration.numel() if spec.objective == "cosine" else REPORT_TOKENS
+    if spec.objective == "cosine":
+        _check_spill_space(work_parent or Path(tempfile.gettempdir()), calibration.numel(), hidden, len(runs))
+    eqs = [NormalEquations.zeros(hidden, device) for _ in runs]
     maps, reports = [], []
     with ChunkStore(work_parent) as store:
-        collect(model, parts.layers, runs, sites, calibration, store, batch_size=batch_size, hooks=hooks)
+
+        def sink(r: int, a: torch.Tensor, m: torch.Tensor, y: torch.Tensor) -> None:
+            for s in range(0, a.shape[0], spec.chunk_tokens):
+                eqs[r].add(a[s:s + spec.chunk_tokens], m[s:s + spec.chunk_tokens], y[s:s + spec.chunk_tokens])
+            room = keep - store.tokens.get(r, 0)
+            if room > 0:
+                store.append(r, a[:room], m[:room], y[:room])
+
+        collect(model, parts.layers, runs, sites, calibration, sink, batch_size=batch_size, hooks=hooks)
         for r in range(len(runs)):
             hooks.check()
-            t, report = fit_run(store, r, hidden, spec, device, hooks)
-            hooks.info(f"replace: fitted the map of layers {runs[r].first}..{runs[r].last}",
-                       cosine_removed=report["cosine_removed"], cosine=report["cosine"], chosen=report["chosen"])
+            t, report = fit_run(eqs[r], store, r, spec, device, hooks)
+            eqs[r] = NormalEquations.zeros(0, device)  # free the two d×d float64 matrices before the next
             maps.append(t)
             reports.append(report)
+            hooks.info(f"replace: fitted the map of layers {runs[r].first}..{runs[r].last}",
+                       cosine_removed=report["cosine_removed"], cosine=report["cosine"], chosen=report["chosen"])
     return sites, maps, reports
 
 
@@ -106,6 +140,7 @@ def replace_and_write(src_dir: Path, out_dir: Path, removed: Sequence[int], spec
     """
     runs = runs_of(removed)
     t0 = time.monotonic()
+    Path(out_dir).parent.mkdir(parents=True, exist_ok=True)  # the activations are spilled beside the output
     sites, maps, reports = fit_maps(model, runs, calibration, spec, batch_size=batch_size,
                                     work_parent=Path(out_dir).parent, hooks=hooks)
     module_prefix = find_decoder_parts(model).layers_path + "."
