@@ -13,7 +13,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     # Security (issue 11)
     # HMAC secret of the stored API-key hashes (db/keys.py). Unset: generated once under data_dir
     # with the embedded SQLite database (development); required with a server database.
-    key_secret: str | None = None
+    key_secret: SecretStr | None = None  # SecretStr: never shown in a repr or a log line
     # Base of every link the API builds ("https://lp.example.com" or ".../prefix"); unset: links are
     # root-relative ("/v1/..."), never built from the request's Host header.
     public_url: str = ""

@@ -141,6 +141,10 @@ async def _http_handler(request: Request, exc: Exception) -> Response:
                               headers={"Allow": allow})
     if isinstance(exc, ApiError):
         return error_response(exc.status_code, exc.code, exc.message, exc.param, exc.headers)
+    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+        # FastAPI's "There was an error parsing the body" does not say what was wrong with it.
+        return error_response(400, "bad_request", f"the body is not UTF-8 text (bad byte at offset "
+                                                  f"{exc.__cause__.start}); send UTF-8 JSON")
     code = STATUS_CODES.get(exc.status_code, "error")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
     return error_response(exc.status_code, code, message, None, exc.headers)

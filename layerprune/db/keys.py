@@ -43,7 +43,8 @@ class KeySecretError(ValueError):
 def key_secret(settings: Settings | None = None) -> bytes:
     """The HMAC secret of the key hashes (see the module docstring for where it comes from)."""
     settings = settings or get_settings()
-    return _resolve_secret(settings.key_secret or "", str(settings.data_dir), settings.uses_embedded_database)
+    configured = settings.key_secret.get_secret_value() if settings.key_secret is not None else ""
+    return _resolve_secret(configured, str(settings.data_dir), settings.uses_embedded_database)
 
 
 def key_secret_or_none(settings: Settings | None = None) -> bytes | None:

@@ -126,6 +126,14 @@ def test_stateful_sequences_follow_the_links(api_schema):
         def validate_response(self, response, case, additional_checks=None, **kwargs):  # noqa: ANN001, ANN201
             case.validate_response(response, checks=CHECKS)
 
+        def after_call(self, response, case):  # noqa: ANN001, ANN201
+            super().after_call(response, case)
+            answered.add((case.operation.label, response.status_code))
+
+    answered: set[tuple[str, int]] = set()
     # Generate only, as schemathesis's own runner does: shrinking replays scenarios against a
     # server whose state the earlier ones changed.
     Workflow.run(settings=settings(max_examples=30, stateful_step_count=6, **{**BOUNDED, "phases": [Phase.generate]}))
+    # The links were followed: operations on an id that only a create returns answered 200.
+    followed = {label for label, status in answered if status == 200 and "{" in label}
+    assert {"GET /v1/jobs/{job_id}", "GET /v1/files/{file_id}"} & followed, sorted(answered)
