@@ -8,6 +8,7 @@ and writes a plain Hugging Face directory (for LoRA/QLoRA the merged model, plus
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -79,19 +80,18 @@ def _source_dtype(source_dir: Path):  # type: ignore[no-untyped-def]
     return getattr(torch, str(name).removeprefix("torch."), torch.float32)
 
 
-def _load_teacher(teacher_dir: Path, student: Any, spec: FinetuneSpec, hooks: Hooks, *, device: Any, dtype: Any,
-                  quantized: bool, student_dir: Path) -> Any:
-    """The frozen teacher of a distillation run, on the student's device (4-bit under qlora)."""
+def _load_teacher(teacher_dir: Path, student_config: Any, spec: FinetuneSpec, hooks: Hooks, *, device: Any,
+                  dtype: Any, quantized: bool, student_dir: Path) -> Any:
+    """The frozen teacher of a distillation run, on the student's device (4-bit under qlora).
+
+    Called by the training loop through a closure, so that the distiller holds the only
+    reference and can free the teacher once its targets are all cached."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from layerprune.core.architecture import find_decoder_parts, text_config
     from layerprune.core.finetune import lora
-    from layerprune.core.finetune.distill import check_teacher_fits, weights_bytes_as
 
-    teacher_dir = Path(teacher_dir)
-    check_teacher_fits(weights_bytes_as(teacher_dir, dtype, quantized), weights_bytes_as(student_dir, dtype, quantized),
-                       device, "nf4" if quantized else str(dtype).removeprefix("torch."))
     if quantized:
         teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, quantization_config=lora.quantization_config(),
                                                        dtype=torch.bfloat16, device_map={"": device},
@@ -101,7 +101,7 @@ def _load_teacher(teacher_dir: Path, student: Any, spec: FinetuneSpec, hooks: Ho
         teacher.to(device)
     teacher.eval()
     teacher.requires_grad_(False)
-    t_cfg, s_cfg = text_config(teacher.config), text_config(student.config)
+    t_cfg, s_cfg = text_config(teacher.config), text_config(student_config)
     if int(t_cfg.vocab_size) != int(s_cfg.vocab_size):
         raise SpecError(f"the teacher's vocabulary ({t_cfg.vocab_size}) differs from the student's "
                         f"({s_cfg.vocab_size})", param="finetune.objective")
@@ -173,6 +173,14 @@ def finetune_model(source_dir: Path, spec: FinetuneSpec, out_dir: Path, work_dir
     save_dtype = _source_dtype(source_dir)
     quantized = spec.method == "qlora"
     compute = dtype if dtype is not None else (torch.bfloat16 if quantized else pick_dtype(device))
+    teacher_src = Path(teacher_dir) if teacher_dir is not None else source_dir
+    if spec.objective == "distill":
+        from layerprune.core.finetune.distill import check_teacher_fits, weights_bytes_as
+
+        as_dtype = torch.float32 if compute == torch.float16 else compute
+        check_teacher_fits(weights_bytes_as(teacher_src, as_dtype, quantized),
+                           weights_bytes_as(source_dir, as_dtype, quantized), device,
+                           "nf4" if quantized else str(as_dtype).removeprefix("torch."))
     if quantized:
         model = AutoModelForCausalLM.from_pretrained(source_dir, quantization_config=lora.quantization_config(),
                                                      dtype=torch.bfloat16, device_map={"": device},
@@ -184,10 +192,10 @@ def finetune_model(source_dir: Path, spec: FinetuneSpec, out_dir: Path, work_dir
     num_layers = len(find_decoder_parts(model).layers)
     check_finetune_spec(spec, num_layers, cuda_available=device.type == "cuda")
     total_params = count_params(model)
-    teacher = None
+    load_teacher = None
     if spec.objective == "distill":
-        teacher = _load_teacher(Path(teacher_dir) if teacher_dir is not None else source_dir, model, spec, hooks,
-                                device=device, dtype=compute, quantized=quantized, student_dir=source_dir)
+        load_teacher = functools.partial(_load_teacher, teacher_src, model.config, spec, hooks, device=device,
+                                         dtype=compute, quantized=quantized, student_dir=source_dir)
     timings["load"] = time.perf_counter() - t0
 
     # Seed before wrapping: LoRA initialises its A matrices from the global RNG, and a run must
@@ -218,8 +226,8 @@ def finetune_model(source_dir: Path, spec: FinetuneSpec, out_dir: Path, work_dir
 
     outcome = train(model, plan, train_ex, val_ex, spec, work_dir, hooks, device,
                     pad_id=pad_id, fingerprint=_fingerprint(spec, num_layers, len(train_ex), [n for n, _ in named]),
-                    paged_8bit=quantized, autocast_dtype=autocast_dtype, teacher=teacher, student_last_layer=last_layer)
-    teacher = None
+                    paged_8bit=quantized, autocast_dtype=autocast_dtype, load_teacher=load_teacher,
+                    student_last_layer=last_layer)
 
     t0 = time.perf_counter()
     # Written beside out_dir and renamed into place: a run killed while saving leaves no half model.

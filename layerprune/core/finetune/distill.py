@@ -127,7 +127,7 @@ class Distiller:
         from layerprune.core.architecture import find_decoder_parts, text_config
 
         self.teacher: nn.Module | None = teacher
-        self.teacher_last_layer = find_decoder_parts(teacher).layers[-1]
+        self.teacher_last_layer: nn.Module | None = find_decoder_parts(teacher).layers[-1]
         self.student_last_layer = student_last_layer
         self.tau = spec.distill_temperature
         self.alpha = spec.distill_alpha
@@ -189,7 +189,7 @@ class Distiller:
                                 on_disk=any(c.on_disk for c in self.caches.values()), top_k=self.top_k)
             if all(c.complete for c in self.caches.values()) and self.teacher is not None:
                 # Every micro-batch has its targets: later epochs never run the teacher again.
-                self.teacher = None
+                self.teacher = self.teacher_last_layer = None
                 gc.collect()
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -233,7 +233,7 @@ class Distiller:
     def close(self) -> None:
         for c in self.caches.values():
             c.close()
-        self.teacher = None
+        self.teacher = self.teacher_last_layer = None
 
 
 def device_memory_bytes(device: torch.device) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,11 +154,13 @@ def train(model: nn.Module, plan: PartialPlan | None, train_examples: list[dict[
           val_examples: list[dict[str, list[int]]], spec: FinetuneSpec, work_dir: Path, hooks: Hooks,
           device: torch.device, *, pad_id: int, fingerprint: str, paged_8bit: bool = False,
           autocast_dtype: torch.dtype | None = None, cache_memory_limit: int | None = None,
-          teacher: nn.Module | None = None, student_last_layer: nn.Module | None = None) -> TrainOutcome:
+          load_teacher: Callable[[], nn.Module] | None = None,
+          student_last_layer: nn.Module | None = None) -> TrainOutcome:
     """Train ``model`` in place; resumes from the latest checkpoint in ``work_dir`` that matches.
 
-    With ``spec.objective == "distill"``, ``teacher`` (frozen, eval mode) and the student's last
-    decoder layer (for the hidden-state term) are required; see :mod:`.distill`.
+    With ``spec.objective == "distill"``, ``load_teacher`` (returns the frozen teacher; called here
+    so that the distiller holds the only reference) and the student's last decoder layer (for the
+    hidden-state term) are required; see :mod:`.distill`.
     """
     timings: dict[str, float] = {}
     mbs = make_micro_batches(len(train_examples), spec.micro_batch_size, spec.seed)
@@ -185,13 +188,12 @@ def train(model: nn.Module, plan: PartialPlan | None, train_examples: list[dict[
     forward = Forward(model, plan, cache, hooks, autocast_dtype, device)
     distiller: Distiller | None = None
     if spec.objective == "distill":
-        if teacher is None or student_last_layer is None:
+        if load_teacher is None or student_last_layer is None:
             raise ValueError("objective 'distill' needs the teacher and the student's last layer")
         # The teacher's targets depend on the input alone, whatever the method: cache_trunk caches them too.
-        distiller = Distiller(teacher, spec, student_last_layer, device, hooks,
+        distiller = Distiller(load_teacher(), spec, student_last_layer, device, hooks,
                               cache_shapes=batch_shapes if spec.cache_trunk else None, work_dir=work_dir,
                               memory_limit=memory_limit)
-        teacher = None  # the distiller owns it and releases it once its targets are all cached
 
     # Seed, then let a checkpoint overwrite the RNG states: a resumed run continues the same stream.
     torch.manual_seed(spec.seed)
