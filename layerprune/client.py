@@ -204,6 +204,8 @@ class File:
     purpose: str
     created_at: str | None = None
     num_records: int | None = None
+    # What every record fits (fine-tuning formats, "texts"), as the server's upload check found it.
+    formats: list[str] | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -216,6 +218,7 @@ class File:
             purpose=str(_get(data, "purpose", "")),
             created_at=data.get("created_at"),
             num_records=data.get("num_records"),
+            formats=list(data["formats"]) if isinstance(data.get("formats"), list) else None,
             raw=dict(data),
         )
 
@@ -552,11 +555,24 @@ class LayerPruneClient:
     # ----------------------------------------------------------------- files
 
     def upload_file(
-        self, path: str | os.PathLike[str], purpose: str, idempotency_key: str | None = None
+        self,
+        path: str | os.PathLike[str],
+        purpose: str,
+        idempotency_key: str | None = None,
+        *,
+        format: str | None = None,
     ) -> File:
-        """POST /v1/files (multipart) a JSONL or text file for ``finetune``, ``evaluate`` or ``calibration``."""
+        """POST /v1/files (multipart) a JSONL or text file for ``finetune``, ``evaluate`` or ``calibration``.
+
+        ``format`` (purpose ``finetune`` only: a ``finetune.format`` name such as ``alpaca``) makes
+        the server refuse the upload unless every record fits that format; without it every record
+        must fit one format the purpose allows. The server checks the name (422, ``param`` ``format``).
+        """
         key = idempotency_key or f"lp-{uuid.uuid4().hex}"
         source = Path(path)
+        fields = {"purpose": purpose}
+        if format is not None:
+            fields["format"] = format
         attempt = 0
         while True:
             # The body is a file handle that a retry must reopen, so _request cannot loop for us.
@@ -565,7 +581,7 @@ class LayerPruneClient:
                     response = self._http.post(
                         "/v1/files",
                         files={"file": (source.name, fh, "application/octet-stream")},
-                        data={"purpose": purpose},
+                        data=fields,
                         headers={"Idempotency-Key": key},
                     )
                 except httpx.TransportError:

@@ -7,7 +7,7 @@
     layerprune submit SPEC.json|yaml [--wait]    create a job (live progress with --wait)
     layerprune jobs list|show|cancel             inspect and cancel jobs
     layerprune download JOB DIR                  verified, resumable download of a job's model
-    layerprune files upload PATH --purpose P     upload a data file
+    layerprune files upload PATH --purpose P [--format F]  upload a data file
     layerprune demo                              the paper's recipe on the bundled model, end to end
 
 Commands that talk to a server take ``--url``/``--api-key`` or LAYERPRUNE_URL/LAYERPRUNE_API_KEY.
@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     fp = fsub.add_parser("upload", help="upload a JSONL or text file")
     fp.add_argument("path")
     fp.add_argument("--purpose", required=True, choices=["finetune", "evaluate", "calibration"])
+    # No choices here: the server knows its formats and names the field when it refuses one.
+    fp.add_argument("--format", dest="format", default=None,
+                    help="finetune only: refuse the file unless every record fits this fine-tuning format "
+                         "(a finetune.format name); default: any one format the purpose allows")
     _add_server_options(fp)
     fp = fsub.add_parser("list", help="list uploaded files")
     _add_server_options(fp)

@@ -217,12 +217,13 @@ def cmd_files(client: LayerPruneClient, args: argparse.Namespace) -> int:
     if args.files_command == "upload":
         if not Path(args.path).is_file():
             raise UsageError(f"no such file: {args.path}")
-        f = client.upload_file(args.path, args.purpose)
+        f = client.upload_file(args.path, args.purpose, format=args.format)
         if args.json:
             _print_json(f.raw)
         else:
             records = f" · {f.num_records} records" if f.num_records is not None else ""
-            print(f"uploaded {f.id}  {f.filename}  {human_bytes(f.size_bytes)}{records}  purpose={f.purpose}")
+            fits = f"  formats={','.join(f.formats)}" if f.formats else ""
+            print(f"uploaded {f.id}  {f.filename}  {human_bytes(f.size_bytes)}{records}  purpose={f.purpose}{fits}")
         return EXIT_OK
     if args.files_command == "list":
         page = client.list_files(limit=100)

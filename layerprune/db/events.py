@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from layerprune.db import ids
 from layerprune.db.models import EVENT_TYPES, JobEvent
 
 
@@ -41,4 +42,6 @@ def list_events(session: Session, job_id: str, *, after_seq: int | None = None, 
 
 def event_seq(session: Session, job_id: str, event_id: str) -> int | None:
     """The cursor position of ``event_id`` within ``job_id`` (None when it is not that job's)."""
+    if not ids.could_be_id(event_id, ids.EVENT):
+        return None
     return session.scalar(select(JobEvent.seq).where(JobEvent.id == event_id, JobEvent.job_id == job_id))

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from layerprune.db import ids
 from layerprune.db.jobs import Page
 from layerprune.db.models import LIVE_STATUSES, File, Job
 
@@ -34,21 +35,15 @@ def file_refs(spec: dict[str, Any]) -> dict[str, str]:
     return refs
 
 
-def _could_be_id(value: str) -> bool:
-    # Ids are ASCII letters, digits and "_" (db.ids): anything else names no file, and a NUL in it
-    # would be a database error on Postgres instead of the 404 SQLite answers.
-    return 0 < len(value) <= 64 and value.isascii() and value.replace("_", "").isalnum()
-
-
 def get_file(session: Session, tenant: str, file_id: str) -> File | None:
     """A live (not deleted) file of ``tenant``."""
-    if not _could_be_id(file_id):
+    if not ids.could_be_id(file_id, ids.FILE):
         return None
     return session.scalar(select(File).where(File.id == file_id, File.tenant == tenant, File.deleted_at.is_(None)))
 
 
 def file_seq(session: Session, tenant: str, file_id: str) -> int | None:
-    if not _could_be_id(file_id):
+    if not ids.could_be_id(file_id, ids.FILE):
         return None
     return session.scalar(select(File.seq).where(File.id == file_id, File.tenant == tenant))
 

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, exists, func, select, update
 from sqlalchemy.orm import Session
 
+from layerprune.db import ids
 from layerprune.db.events import add_event
 from layerprune.db.models import TERMINAL_STATUSES, Job, utcnow
 
@@ -46,11 +47,18 @@ def create_job(session: Session, tenant: str, spec: dict[str, Any], *, queue: st
 
 
 def get_job(session: Session, tenant: str, job_id: str) -> Job | None:
-    """The job if it belongs to ``tenant`` (another tenant's job is indistinguishable from none)."""
+    """The job if it belongs to ``tenant`` (another tenant's job is indistinguishable from none).
+
+    An id that cannot be one (``db.ids``) is none, without a query.
+    """
+    if not ids.could_be_id(job_id, ids.JOB):
+        return None
     return session.scalar(select(Job).where(Job.id == job_id, Job.tenant == tenant))
 
 
 def job_seq(session: Session, tenant: str, job_id: str) -> int | None:
+    if not ids.could_be_id(job_id, ids.JOB):
+        return None
     return session.scalar(select(Job.seq).where(Job.id == job_id, Job.tenant == tenant))
 
 

@@ -38,7 +38,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from layerprune.db.ids import new_id
+from layerprune.db.ids import ARTIFACT, EVENT, FILE, JOB, KEY, WEBHOOK_DELIVERY, new_id
 
 JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 LIVE_STATUSES = ("queued", "running", "cancelling")
@@ -87,7 +87,7 @@ class Base(DeclarativeBase):
 class ApiKey(Base):
     __tablename__ = "api_keys"
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("key"))
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id(KEY))
     tenant: Mapped[str] = mapped_column(String(128), index=True)
     key_hash: Mapped[str] = mapped_column(String(64))  # hex digest (see db/keys.py); never the key itself
     # "hmac-sha256" (keyed) or "sha256" (rows from before migration 0002, upgraded on first use)
@@ -102,7 +102,7 @@ class ApiKey(Base):
 class Job(Base):
     __tablename__ = "jobs"
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("job"))
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id(JOB))
     seq: Mapped[int] = mapped_column(BigInteger, Identity())
     tenant: Mapped[str] = mapped_column(String(128), index=True)
     status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
@@ -141,7 +141,7 @@ class Job(Base):
 class JobEvent(Base):
     __tablename__ = "job_events"
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("evt"))
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id(EVENT))
     seq: Mapped[int] = mapped_column(BigInteger, Identity())
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -159,7 +159,7 @@ class JobEvent(Base):
 class Artifact(Base):
     __tablename__ = "artifacts"
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("art"))
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id(ARTIFACT))
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     path: Mapped[str] = mapped_column(String(1024))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
@@ -173,7 +173,7 @@ class Artifact(Base):
 class File(Base):
     __tablename__ = "files"
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("file"))
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id(FILE))
     seq: Mapped[int] = mapped_column(BigInteger, Identity())
     tenant: Mapped[str] = mapped_column(String(128), index=True)
     filename: Mapped[str] = mapped_column(String(512))
@@ -205,7 +205,7 @@ class IdempotencyKey(Base):
 class WebhookDelivery(Base):
     __tablename__ = "webhook_deliveries"
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("whd"))
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id(WEBHOOK_DELIVERY))
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     url: Mapped[str] = mapped_column(String(2048))
     event_type: Mapped[str] = mapped_column(String(64))

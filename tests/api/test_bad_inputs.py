@@ -10,6 +10,8 @@ import base64
 import hashlib
 import hmac
 import json
+import re
+from contextlib import contextmanager
 
 import pytest
 
@@ -132,34 +134,81 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def test_malformed_download_tokens_are_404(client, new_tenant, migrated_db):
+@contextmanager
+def statements(app):
+    """Every SQL statement (and connection checkout) the app's engine sees inside the block."""
+    from sqlalchemy import event
+
+    engine = app.state.session_factory.kw["bind"]
+    seen: list[str] = []
+
+    def on_statement(conn, cursor, statement, *args):
+        seen.append(statement)
+
+    def on_checkout(*args):
+        seen.append("<checkout>")
+
+    event.listen(engine, "before_cursor_execute", on_statement)
+    event.listen(engine, "checkout", on_checkout)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", on_statement)
+        event.remove(engine, "checkout", on_checkout)
+
+
+def check_download_tokens(client, key_id: str, key_hash: str) -> None:
+    """Shared by both backends: a token this server did not sign is a 404 before any database
+    access (not even a connection); only a signed one reaches the key lookup."""
+    from layerprune.api.routes.dashboard import _signature
+
+    def signed(claims, sign=_signature) -> str:
+        payload = _b64(json.dumps(claims).encode())
+        return payload + "." + _b64(sign(payload))
+
+    def old_scheme(payload: str) -> bytes:  # links issued before the server secret signed them
+        return hmac.new(key_hash.encode(), payload.encode(), hashlib.sha256).digest()
+
+    def other_server(payload: str) -> bytes:
+        return hmac.new(b"x" * 64, payload.encode(), hashlib.sha256).digest()
+
+    good = {"j": "job_" + "a" * 24, "p": "a", "k": key_id, "e": 2**40}
+    real = signed(good).split(".")
+    unsigned = [
+        _b64(b"[" * 30_000) + ".x",  # nested far past the recursion limit (and far too long)
+        _b64(b"[" * 700) + "." + _b64(b"s"),  # nested, short enough to be decoded
+        _b64(json.dumps({**good, "k": "key_\x00"}).encode()) + ".c2ln",  # NUL key id
+        _b64(json.dumps({**good, "k": ["key"]}).encode()) + ".c2ln",
+        _b64(json.dumps(good).encode()) + ".c2ln",  # a valid shape, a bad signature
+        signed(good, old_scheme), signed(good, other_server),
+        _b64(json.dumps({**good, "p": "b"}).encode()) + "." + real[1],  # another payload under a real signature
+        real[0] + "." + real[1][:-2] + ("AA" if not real[1].endswith("AA") else "BB"),
+        signed({**good, "e": "tomorrow"}),  # signed, but malformed claims: never looked up either
+        signed({**good, "j": ["job_x"]}), signed({**good, "k": "key_\x00"}), signed([1, 2]),
+        signed({**good, "e": 1}),  # signed, expired
+        "é.é", "." * 10, "x" * 5000, "%00.%00",
+    ]
+    for token in unsigned:
+        with statements(client.app) as seen:
+            r = client.get(f"/dashboard/download/{token}")
+        assert r.status_code == 404, (token[:60], r.text)
+        assert r.json()["error"]["code"] == "not_found"
+        assert seen == [], (token[:60], seen)
+    # Signed and unexpired: the key row is looked up (it could be revoked), and no such artifact is a 404.
+    with statements(client.app) as seen:
+        r = client.get(f"/dashboard/download/{signed(good)}")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
+    assert any("api_keys" in q for q in seen), seen
+
+
+def test_download_tokens_are_checked_before_the_database(client, new_tenant, migrated_db):
     from layerprune.db.models import ApiKey
     from layerprune.db.session import session_scope
 
     tenant, _ = new_tenant
     with session_scope(migrated_db) as s:
         key = s.query(ApiKey).filter_by(tenant=tenant).one()
-        key_id, secret = key.id, key.key_hash
-
-    def signed(claims) -> str:
-        payload = _b64(json.dumps(claims).encode())
-        return payload + "." + _b64(hmac.new(secret.encode(), payload.encode(), hashlib.sha256).digest())
-
-    tokens = [
-        _b64(b"[" * 30_000) + ".x",  # nested far past the recursion limit (and far too long)
-        _b64(b"[" * 700) + "." + _b64(b"s"),  # nested, short enough to be decoded
-        _b64(json.dumps({"j": "job_x", "p": "a", "k": "key_\x00", "e": 2**40}).encode()) + ".c2ln",  # NUL key id
-        _b64(json.dumps({"j": "job_x", "p": "a", "k": ["key"], "e": 2**40}).encode()) + ".c2ln",
-        _b64(json.dumps({"j": "job_x", "p": "a", "k": key_id, "e": 2**40}).encode()) + ".c2ln",  # bad signature
-        signed({"j": "job_x", "p": "a", "k": key_id, "e": "tomorrow"}),  # signed, but a malformed expiry
-        signed({"j": ["job_x"], "p": "a", "k": key_id, "e": 2**40}),
-        signed({"j": "job_x", "p": "a", "k": key_id, "e": 2**40}),  # valid, no such artifact
-        "é.é", "." * 10, "x" * 5000,
-    ]
-    for token in tokens:
-        r = client.get(f"/dashboard/download/{token}")
-        assert r.status_code == 404, (token[:60], r.text)
-        assert r.json()["error"]["code"] == "not_found"
+        check_download_tokens(client, key.id, key.key_hash)
 
 
 # ------------------------------------------------------------------ max_seq_len vs the prompt template
@@ -211,3 +260,56 @@ def test_impossible_file_ids_are_404(client, new_tenant):
     assert_422(client.get("/v1/files?purpose=pretraining", headers=h), "purpose")
     r = client.post("/v1/download-links", json={"job_id": "job_\x00", "path": "a\x00"}, headers=h)
     assert r.status_code == 404, r.text
+
+
+# Ids that cannot be a job's: a NUL (which Postgres cannot even compare), a non-ASCII letter,
+# a kilobyte, upper case, another kind's prefix, a character short. All are 404 without a query.
+IMPOSSIBLE_JOB_IDS = ("job_%00", "job_" + "a" * 23 + "%00", "job_%C3%A9" + "a" * 22, "j" * 1000,
+                      "job_" + "A" * 24, "file_" + "a" * 24, "job_" + "a" * 23, "job_" + "a" * 23 + "-")
+_ROW_TABLES = re.compile(r"\b(jobs|job_events|artifacts|files)\b")
+
+
+def check_impossible_ids(client, h) -> None:
+    """Shared by both backends: every route with an id in its path answers an impossible id with
+    the same 404 as an unknown one, and never queries for it (only the API key is looked up)."""
+    unknown = "job_" + "0" * 24
+    routes = [("GET", "/v1/jobs/{}"), ("POST", "/v1/jobs/{}/cancel"), ("DELETE", "/v1/jobs/{}"),
+              ("GET", "/v1/jobs/{}/events"), ("GET", "/v1/jobs/{}/artifacts"),
+              ("GET", "/v1/jobs/{}/artifacts/config.json"), ("GET", "/v1/jobs/{}/artifacts.tar")]
+    for method, route in routes:
+        expected = client.request(method, route.format(unknown), headers=h)
+        assert expected.status_code == 404, (route, expected.text)
+        for job_id in IMPOSSIBLE_JOB_IDS:
+            with statements(client.app) as seen:
+                r = client.request(method, route.format(job_id), headers=h)
+            assert r.status_code == 404, (method, route, job_id, r.text)
+            assert r.json()["error"] == expected.json()["error"], (route, job_id)
+            assert not [q for q in seen if _ROW_TABLES.search(q)], (route, job_id, seen)
+    for file_id in ("file_%00", "file_%C3%A9" + "a" * 22, "f" * 500, "job_" + "a" * 24, "file_" + "a" * 23):
+        for method in ("GET", "DELETE"):
+            with statements(client.app) as seen:
+                r = client.request(method, f"/v1/files/{file_id}", headers=h)
+            assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", (file_id, r.text)
+            assert not [q for q in seen if _ROW_TABLES.search(q)], (file_id, seen)
+    # A download link for an impossible job: the same 404 as for an unknown one.
+    for body in ({"job_id": "job_\x00", "path": "a"}, {"job_id": "job_\x00", "path": "a\x00"},
+                 {"job_id": unknown, "path": "a\x00"}, {"job_id": "é" * 30, "path": "a"}):
+        r = client.post("/v1/download-links", json=body, headers=h)
+        assert r.status_code == 404 and r.json()["error"]["param"] == "path", (body, r.text)
+    # As a cursor an impossible id is the usual bad cursor, naming ``after``.
+    made = client.post("/v1/jobs", json=PRUNE, headers=h)
+    assert made.status_code == 201, made.text
+    job_id = made.json()["id"]
+    for url in ("/v1/jobs?after=job_%00", f"/v1/jobs/{job_id}/events?after=evt_%00",
+                f"/v1/jobs/{job_id}/events?after=" + "e" * 100, "/v1/files?after=file_%00"):
+        assert_422(client.get(url, headers=h), "after", "invalid_cursor")
+    r = client.get(f"/v1/jobs/{job_id}/events?after=job_%00", headers={**h, "Accept": "text/event-stream"})
+    assert_422(r, "after", "invalid_cursor")
+    # A spec naming an impossible file or source job: the usual 422 naming the field.
+    assert_422(client.post("/v1/jobs", json={**PRUNE, "finetune": {"dataset": "file_\x00"}}, headers=h),
+               "finetune.dataset")
+    assert_422(client.post("/v1/jobs", json={**PRUNE, "model": "job:job_\x00"}, headers=h), "model")
+
+
+def test_impossible_ids_are_404_on_postgres(client, new_tenant):
+    check_impossible_ids(client, new_tenant[1])

@@ -64,3 +64,19 @@ def test_a_malformed_statement_is_not_an_outage(sqlite_client):
         assert not is_database_down(pg_error(not_down)), not_down
     r = sqlite_client.post("/v1/jobs", json={**PRUNE, "metadata": {"a": "b"}}, headers=H)
     assert r.status_code == 201, r.text
+
+
+def test_impossible_ids_are_404_on_sqlite(sqlite_client):
+    from tests.api.test_bad_inputs import check_impossible_ids
+
+    check_impossible_ids(sqlite_client, H)
+
+
+def test_download_tokens_are_checked_before_the_database_on_sqlite(sqlite_client):
+    from layerprune.db.models import ApiKey
+    from tests.api.test_bad_inputs import check_download_tokens
+
+    with sqlite_client.app.state.session_factory() as s:
+        key = s.query(ApiKey).filter_by(tenant="solo").one()
+        key_id, key_hash = key.id, key.key_hash
+    check_download_tokens(sqlite_client, key_id, key_hash)

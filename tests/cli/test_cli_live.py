@@ -164,6 +164,19 @@ def test_files_upload_list_delete(live: Live, tmp_path: Path, capsys: pytest.Cap
     assert code == EXIT_USAGE and "no such file" in err
 
 
+def test_files_upload_with_a_format(live: Live, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write(tmp_path, "dolly.jsonl", '{"instruction": "a", "response": "b"}\n')
+    code, out, err = run(capsys, live, "files", "upload", data, "--purpose", "finetune", "--format", "dolly")
+    assert code == EXIT_OK, err
+    assert out.startswith("uploaded file_") and "purpose=finetune" in out and "formats=dolly" in out
+    code, out, err = run(capsys, live, "files", "upload", data, "--purpose", "finetune", "--format", "alpaca")
+    assert code == EXIT_USAGE and "line 1" in err and "param file" in err, err
+    code, out, err = run(capsys, live, "files", "upload", data, "--purpose", "finetune", "--format", "sharegpt")
+    assert code == EXIT_USAGE and "param format" in err, err
+    code, out, err = run(capsys, live, "files", "upload", data, "--purpose", "finetune", "--json")
+    assert code == EXIT_OK and json.loads(out)["formats"] == ["dolly"], err
+
+
 def test_migrate_creates_the_schema(tmp_path: Path) -> None:
     from tests.cli.conftest import REPO, live_env
 

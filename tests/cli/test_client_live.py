@@ -128,6 +128,28 @@ def test_upload_get_and_delete_a_file(live: Live, tmp_path: Path) -> None:
         assert exc.value.status == 422
 
 
+def test_upload_with_a_declared_format(live: Live, tmp_path: Path) -> None:
+    dolly = tmp_path / "dolly.jsonl"
+    dolly.write_text("".join(json.dumps({"instruction": f"Say {i}.", "context": "", "response": str(i)}) + "\n"
+                             for i in range(3)))
+    with LayerPruneClient(live.url, KEY_A) as lp:
+        f = lp.upload_file(dolly, "finetune", format="dolly")
+        assert f.num_records == 3 and f.formats == ["dolly"]
+        assert lp.get_file(f.id).formats == ["dolly"]
+        assert lp.upload_file(dolly, "finetune").formats == ["dolly"]  # format is optional
+        # Declared, the format must fit every record: the first line that does not is named.
+        with pytest.raises(LayerPruneAPIError) as exc:
+            lp.upload_file(dolly, "finetune", format="alpaca")
+        assert exc.value.status == 422 and exc.value.param == "file" and "line 1" in exc.value.message
+        assert "alpaca" in exc.value.message
+        # An unknown name, or a format for a purpose that has none to choose: 422 naming the field.
+        for purpose, fmt in (("finetune", "sharegpt"), ("calibration", "alpaca")):
+            with pytest.raises(LayerPruneAPIError) as exc:
+                lp.upload_file(dolly, purpose, format=fmt)
+            assert exc.value.status == 422 and exc.value.param == "format", (purpose, fmt, exc.value.message)
+        assert [x.id for x in lp.list_files().data if x.filename == "dolly.jsonl"].count(f.id) == 1
+
+
 def test_wait_download_resume_and_verify(live_worker: Live, tmp_path: Path) -> None:
     live = live_worker
     seen: list[Job] = []

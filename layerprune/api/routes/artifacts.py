@@ -111,10 +111,10 @@ def download_artifact(
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
     if_range: Annotated[str | None, Header(alias="If-Range")] = None,
 ) -> Response:
-    if "\x00" in path or "\x00" in job_id:
-        raise not_found("artifact", param="path")
-    if get_job(session, tenant, job_id) is None:
+    if get_job(session, tenant, job_id) is None:  # an impossible id too, without a query
         raise not_found("job")
+    if "\x00" in path:  # names nothing; Postgres would refuse the query itself
+        raise not_found("artifact", param="path")
     art = session.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.path == path))
     session.close()
     if art is None:

@@ -7,9 +7,15 @@ from a CDN) and holds no data: the user enters an API key, the page keeps it in
 Downloads cannot carry that header from a plain link, so the page asks
 ``POST /v1/download-links`` for a URL that works without it for ``download_token_seconds``
 (default 300). The token is ``<payload>.<signature>``: the payload names the job, the path, the
-API key row that asked and the expiry; the signature is HMAC-SHA256 keyed with that key's stored
-hash (a server-side secret that never leaves the database). Nothing is stored per link, any API
-process can check it, and revoking the key revokes its links.
+API key row that asked and the expiry; the signature is HMAC-SHA256 keyed with a link key derived
+from the server secret (``LAYERPRUNE_KEY_SECRET``, see ``db/keys.py``). So a token this server did
+not sign is refused before anything else is read from it, with no database query; only a signed
+one leads to the lookup of its key row. Nothing is stored per link, any API process can check it,
+and revoking the key revokes its links.
+
+Links signed by the previous scheme (keyed with the key row's stored hash) are not accepted: they
+could only be checked after looking the key row up, which is what this scheme removes, and they
+expire within ``download_token_seconds`` anyway (the dashboard asks for a fresh one per click).
 """
 
 from __future__ import annotations
@@ -18,7 +24,6 @@ import base64
 import hashlib
 import hmac
 import json
-import re
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,7 +37,8 @@ from sqlalchemy import select
 from layerprune.api.deps import SessionDep, SettingsDep, TenantDep
 from layerprune.api.errors import ApiError, not_found
 from layerprune.api.schemas import error_responses
-from layerprune.db.keys import hash_key
+from layerprune.db import ids
+from layerprune.db.keys import hash_key, key_secret
 from layerprune.db.models import ApiKey, Artifact, Job
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
@@ -82,52 +88,67 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+# Domain separation: the link key is not the secret itself, so a link signature can never be
+# replayed as a key hash (HMACs of the same secret over sha256 hex digests) or the other way round.
+_LINK_KEY_CONTEXT = b"layerprune/download-link/v2"
+
+
+def _signature(payload: str) -> bytes:
+    link_key = hmac.new(key_secret(), _LINK_KEY_CONTEXT, hashlib.sha256).digest()
+    return hmac.new(link_key, payload.encode("ascii"), hashlib.sha256).digest()
+
+
 def make_token(key_row: ApiKey, job_id: str, path: str, expires_at: int) -> str:
     payload = _b64(json.dumps({"j": job_id, "p": path, "k": key_row.id, "e": expires_at},
                               separators=(",", ":")).encode())
-    sig = hmac.new(key_row.key_hash.encode(), payload.encode(), hashlib.sha256).digest()
-    return f"{payload}.{_b64(sig)}"
+    return f"{payload}.{_b64(_signature(payload))}"
 
 
 # A real token is about 200 characters; anything far longer is refused before it is decoded.
 TOKEN_MAX_CHARS = 1024
-_KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-def read_token(session: Any, token: str, now: float | None = None) -> tuple[ApiKey, dict[str, Any]] | None:
-    """The key row and payload of a valid, unexpired token of an active key; None otherwise.
+def verify_token(token: str, now: float | None = None) -> dict[str, Any] | None:
+    """The claims of a token this server signed and that has not expired; None otherwise.
 
-    The signature is checked before any claim is used: the one lookup before it is the key row
-    whose stored hash *is* the signing secret, by an id of the shape every key id has (a NUL or a
-    kilobyte of junk never reaches the database). Decoding is bounded by ``TOKEN_MAX_CHARS``.
+    Touches no database: the signature is checked first, and the payload is decoded (bounded by
+    ``TOKEN_MAX_CHARS``) only once it is known to be ours.
     """
-    if len(token) > TOKEN_MAX_CHARS:
+    if len(token) > TOKEN_MAX_CHARS or not token.isascii():
         return None
     payload, _, sig = token.partition(".")
     try:
         given = _unb64(sig)
+    except ValueError:
+        return None
+    if not hmac.compare_digest(_signature(payload), given):
+        return None
+    try:
         claims = json.loads(_unb64(payload))
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
-    if not isinstance(claims, dict) or not isinstance(claims.get("k"), str) or not _KEY_ID.match(claims["k"]):
+    # Signed by us, so well-formed; checked anyway so that no shape can become a 500.
+    if not (isinstance(claims, dict) and isinstance(claims.get("j"), str) and isinstance(claims.get("p"), str)
+            and isinstance(claims.get("e"), int) and ids.could_be_id(claims.get("k"), ids.KEY)):
+        return None
+    if (now if now is not None else time.time()) > claims["e"]:
+        return None
+    return claims
+
+
+def read_token(session: Any, token: str, now: float | None = None) -> tuple[ApiKey, dict[str, Any]] | None:
+    """The key row and claims of a valid token (``verify_token``) of a key that is still active."""
+    claims = verify_token(token, now)
+    if claims is None:
         return None
     row = session.get(ApiKey, claims["k"])
     if row is None or row.revoked_at is not None:
-        return None
-    expected = hmac.new(row.key_hash.encode(), payload.encode(), hashlib.sha256).digest()
-    if not hmac.compare_digest(expected, given):
-        return None
-    # Signed by us, so well-formed; checked anyway so that no shape can become a 500.
-    if not (isinstance(claims.get("j"), str) and isinstance(claims.get("p"), str)
-            and isinstance(claims.get("e"), int)):
-        return None
-    if (now if now is not None else time.time()) > claims["e"]:
         return None
     return row, claims
 
 
 def _artifact(session: Any, tenant: str, job_id: str, path: str) -> Artifact | None:
-    if "\x00" in job_id or "\x00" in path:  # names nothing; Postgres would refuse the query itself
+    if not ids.could_be_id(job_id, ids.JOB) or "\x00" in path:  # names nothing; Postgres would refuse a NUL
         return None
     return session.scalar(select(Artifact).join(Job, Job.id == Artifact.job_id)
                           .where(Job.id == job_id, Job.tenant == tenant, Artifact.path == path))
