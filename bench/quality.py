@@ -197,11 +197,12 @@ def main(argv: list[str] | None = None) -> int:
 
     load0 = os.getloadavg()
     dense = {"recipe": "dense (no pruning)", **evaluate(Path(resolve_model(MODEL).local_dir), args)}
+    print(json.dumps(dense), file=sys.stderr, flush=True)  # each row as it lands: a long run is readable early
     rows = []
     with tempfile.TemporaryDirectory(prefix="lp-quality-") as tmp:
         for name in names:
             rows.append(run_recipe(name, table[name], args, Path(tmp)))
-            print(f"  {name}: ppl {rows[-1]['perplexity']:.2f}, mean acc {rows[-1]['mean_acc']:.3f}", file=sys.stderr)
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print_table(rows, dense, args)
     best = min(rows, key=lambda r: (r["perplexity"] > 1.5 * dense["perplexity"], -r["mean_acc"], r["perplexity"]))
     goals = {
