@@ -30,7 +30,7 @@ def file_refs(spec: dict[str, Any]) -> dict[str, str]:
     refs = {}
     for path in FILE_FIELDS:
         value = spec_value(spec, path)
-        if isinstance(value, str) and value.startswith("file_"):
+        if isinstance(value, str) and value.startswith(ids.FILE + "_"):
             refs[path] = value
     return refs
 
