@@ -149,7 +149,7 @@ class PruneSpec(_Strict):
     seed: int = 42
     # "paper": the definitions of the paper and its peers (per-token BI over every layer,
     # Frobenius norm for magnitude_l2). "reference_code": the paper's released code (one cosine
-    # over the flattened batch, last layer never scored; sum of squares without the root).
+    # over all calibration windows flattened together, last layer never scored; sum of squares without the root).
     semantics: Literal["paper", "reference_code"] = "paper"
     # Heal between rounds of iterative pruning with the job's finetune spec (paper §4.3).
     heal_between_rounds: bool = False

@@ -161,7 +161,7 @@ def test_ppl_of_removing_an_identity_layer_is_the_full_models_ppl() -> None:
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_taylor_is_one_backward_per_batch_and_matches_the_definition(family: str) -> None:
+def test_taylor_is_one_backward_per_batch_of_the_mean_loss_of_the_whole_set(family: str) -> None:
     model = tiny_model(family)
     ids = calib(n=4, seq=16)
     norm = find_decoder_parts(model).final_norm
@@ -177,17 +177,37 @@ def test_taylor_is_one_backward_per_batch_and_matches_the_definition(family: str
     assert all(p.grad is None for p in model.parameters())
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
 
-    # The definition, computed plainly: Σ|w·∂L/∂w| over weights (no biases), summed over batches.
+    # The definition, computed plainly: ONE backward of the mean loss of all four windows, then
+    # Σ|w·∂L/∂w| over weights (no biases). Not the sum of per-batch |w·g|, which depends on batching.
+    model.zero_grad()
+    model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
     expected = [0.0] * LAYERS
+    per_batch_abs = [0.0] * LAYERS
+    for i, layer in enumerate(find_decoder_parts(model).layers):
+        for name, p in layer.named_parameters():
+            if not name.endswith("bias"):
+                expected[i] += float((p.detach().double() * p.grad.double()).abs().sum())
     for half in (ids[:2], ids[2:]):
         model.zero_grad()
         model(input_ids=half, labels=half, use_cache=False).loss.backward()
         for i, layer in enumerate(find_decoder_parts(model).layers):
             for name, p in layer.named_parameters():
                 if not name.endswith("bias"):
-                    expected[i] += float((p.detach() * p.grad).abs().sum())
+                    per_batch_abs[i] += float((p.detach() * p.grad).abs().sum()) / 2
     model.zero_grad()
     assert scores == pytest.approx(expected, rel=1e-4)
+    # The batch-dependent sum is measurably different (what the score used to be).
+    assert max(abs(a - b) / b for a, b in zip(per_batch_abs, expected, strict=True)) > 1e-3
+
+
+@pytest.mark.parametrize("batch_size", [3, 4, None])
+def test_taylor_does_not_depend_on_the_batch_size(batch_size: int | None) -> None:
+    """batch_size 3 over 4 windows: a full batch and a one-window batch, weighted by their tokens."""
+    model = tiny_model("llama")
+    ids = calib(n=4, seq=16)
+    one = score_layers(model, "taylor", calibration=ids, batch_size=1)
+    other = score_layers(model, "taylor", calibration=ids, batch_size=batch_size)
+    assert other == pytest.approx(one, rel=1e-5)
 
 
 def test_block_influence_paper_uses_raw_outputs_and_scores_the_last_layer() -> None:
@@ -218,6 +238,9 @@ def test_block_influence_reference_code_is_one_flattened_cosine_without_the_last
         cos = torch.nn.functional.cosine_similarity(hs[i].reshape(1, -1), hs[i + 1].reshape(1, -1))
         assert bi[i] == pytest.approx(1 - float(cos), abs=1e-5)
     assert LAYERS - 1 not in choose_layers("block_influence", bi, LAYERS - 1, LAYERS)
+    # One cosine over all windows, not a mean of per-batch cosines: batching does not change it.
+    batched = score_layers(model, "block_influence", calibration=ids, semantics="reference_code", batch_size=1)
+    assert batched[-1] is None and batched[:-1] == pytest.approx(bi[:-1], rel=1e-6)
 
 
 def test_angular_scores_every_block_start_by_the_last_token() -> None:

@@ -61,7 +61,10 @@ _SAME = {
     "random": "no score: k distinct layers drawn with the seed",
     "manual": "no score: the layers given",
     "magnitude_l1": "Σ|w| over the layer's weights and norms (biases excluded)",
-    "taylor": "Σ|w·∂L/∂w| over the layer's weights and norms, L = mean next-token CE, one backward per batch",
+    "taylor": (
+        "Σ|w·∂L/∂w| over the layer's weights and norms, L = mean next-token CE over the whole calibration set "
+        "(signed w·∂L/∂w summed over batches, |·| taken once: independent of batch_size)"
+    ),
     "ppl": "calibration perplexity with only this layer removed (shared-prefix evaluation)",
     "angular": "Gromov: arccos(cos(x_ℓ[last], x_ℓ+n[last]))/π averaged over samples, one score per block start",
 }
@@ -74,7 +77,8 @@ METRIC_SEMANTICS["magnitude_l2/paper"] = "Σ‖W‖_F (Frobenius norm) over the 
 METRIC_SEMANTICS["magnitude_l2/reference_code"] = "Σw² (no root, as the paper's code) over the layer's weights and norms"
 METRIC_SEMANTICS["block_influence/paper"] = "ShortGPT per-token cosine, 1 − mean cos(x_i, x_i+1), every layer scored"
 METRIC_SEMANTICS["block_influence/reference_code"] = (
-    "paper's code: 1 − cos of the flattened [batch, seq, hidden] tensors; last layer unscored (None), never chosen"
+    "paper's code: 1 − one cosine of the whole calibration set's [windows, seq, hidden] activations flattened "
+    "together (float64); last layer unscored (None), never chosen"
 )
 
 
