@@ -97,6 +97,28 @@ def job_spec(recipe: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
     return spec
 
 
+DENSE = "dense (no pruning)"
+# The settings that change a row's figures: a row taken with others is not reused.
+ROW_SETTINGS = ("limit", "ppl_windows", "ppl_seq_len", "calibration_samples", "heal_steps", "heal_batch",
+                "heal_seq_len", "learning_rate")
+
+
+def settings_key(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in ROW_SETTINGS}
+
+
+def load_rows(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Rows of an earlier, interrupted run with the same settings (``--rows``), by recipe."""
+    if args.rows is None or not args.rows.is_file():
+        return {}
+    out = {}
+    for line in args.rows.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if row.get("settings") == settings_key(args):
+            out[row["recipe"]] = row
+    return out
+
+
 def cpu_seconds() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
@@ -182,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heal-seq-len", type=int, default=256)
     p.add_argument("--learning-rate", type=float, default=2e-4)
     p.add_argument("--out", type=Path, default=None, help="also write the JSON line to this file")
+    p.add_argument("--rows", type=Path, default=None,
+                   help="keep every finished row in this JSONL file and reuse the rows already there that were "
+                        "taken with the same settings, so a long run can be stopped and resumed")
     args = p.parse_args(argv)
     table = recipes()
     if args.list:
@@ -196,13 +221,21 @@ def main(argv: list[str] | None = None) -> int:
     from layerprune.core.sources import resolve_model
 
     load0 = os.getloadavg()
-    dense = {"recipe": "dense (no pruning)", **evaluate(Path(resolve_model(MODEL).local_dir), args)}
-    print(json.dumps(dense), file=sys.stderr, flush=True)  # each row as it lands: a long run is readable early
+    done = load_rows(args)
+
+    def keep(row: dict[str, Any]) -> dict[str, Any]:
+        row = {**row, "settings": settings_key(args), "loadavg": os.getloadavg()}
+        print(json.dumps(row), file=sys.stderr, flush=True)  # each row as it lands: a long run is readable early
+        if args.rows is not None:
+            with open(args.rows, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
+        return row
+
+    dense = done.get(DENSE) or keep({"recipe": DENSE, **evaluate(Path(resolve_model(MODEL).local_dir), args)})
     rows = []
     with tempfile.TemporaryDirectory(prefix="lp-quality-") as tmp:
         for name in names:
-            rows.append(run_recipe(name, table[name], args, Path(tmp)))
-            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            rows.append(done.get(name) or keep(run_recipe(name, table[name], args, Path(tmp))))
     print_table(rows, dense, args)
     best = min(rows, key=lambda r: (r["perplexity"] > 1.5 * dense["perplexity"], -r["mean_acc"], r["perplexity"]))
     goals = {
