@@ -15,7 +15,8 @@ SQLite), creates jobs through the API and then, one load at a time:
 
 The baseline is a bare FastAPI app (one ``async def`` route per target answering the very JSON the
 real API answered, so the same size) served with the same uvicorn options (``api/server.py``), under
-the same loads in the same run. The load comes from a separate process (asyncio, raw HTTP/1.1 on
+the same loads in the same run; ``get_bare_sync`` is the same route as a plain ``def``, which FastAPI
+runs on a worker thread as it does the API's routes. The load comes from a separate process (asyncio, raw HTTP/1.1 on
 uvloop: tens of microseconds per request, so it is not what limits the figures on 2 cores); its
 own CPU use is reported, as are the server's and the load average. Loopback only; every run is
 bounded in time (``--seconds``) and count (at most 1000 pollers or streams; requests time out after
@@ -271,6 +272,12 @@ def bare_app_main(payload_path: str, port: int) -> None:
     async def list_jobs(limit: int = 20) -> dict[str, Any]:
         return jobs
 
+    # The same as a plain ``def`` (run on a worker thread, as the API's routes are): what FastAPI's
+    # sync-route machinery alone costs, for perspective.
+    @app.get("/sync/v1/jobs/{job_id}")
+    def get_job_sync(job_id: str) -> dict[str, Any]:
+        return job
+
     serve(app, "127.0.0.1", port, Settings(), log_level="warning")
 
 
@@ -399,11 +406,12 @@ def bench_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str
             path, pollers, _ = loads[name]
             base = run_load(port, key, path, pollers, args.seconds, args.timeout, server_pid=bare.pid)
             result[f"{name}_bare"] = base
-            real = result[name]
-            result[f"{name}_ratio"] = {
-                "rps": round(real["rps"] / base["rps"], 3) if base["rps"] else None,
-                "p99": round(real["p99_ms"] / base["p99_ms"], 2) if real["p99_ms"] and base["p99_ms"] else None,
-            }
+            result[f"{name}_ratio"] = _ratios(result[name], base)
+        if "get" in args.loads and args.sync_baseline:
+            base = run_load(port, key, "/sync" + job_path, args.pollers, args.seconds, args.timeout,
+                            server_pid=bare.pid)
+            result["get_bare_sync"] = base
+            result["get_ratio_to_sync"] = _ratios(result["get"], base)
     finally:
         for proc in (api, bare):
             if proc is not None:
@@ -419,6 +427,11 @@ def bench_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str
     return result
 
 
+def _ratios(real: dict[str, Any], base: dict[str, Any]) -> dict[str, float | None]:
+    return {"rps": round(real["rps"] / base["rps"], 3) if base["rps"] else None,
+            "p99": round(real["p99_ms"] / base["p99_ms"], 2) if real["p99_ms"] and base["p99_ms"] else None}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=["postgres", "sqlite", "both"], default="both")
@@ -428,6 +441,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=10.0, help="a request unanswered this long is a timeout")
     parser.add_argument("--jobs", type=int, default=50, help="jobs created before the loads (the list shows 50)")
     parser.add_argument("--loads", nargs="+", default=["get", "list", "stream"], choices=["get", "list", "stream"])
+    parser.add_argument("--no-sync-baseline", dest="sync_baseline", action="store_false",
+                        help="skip the extra baseline of a bare sync (def) route")
     parser.add_argument("--generate", help=argparse.SUPPRESS)
     parser.add_argument("--serve-bare", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)

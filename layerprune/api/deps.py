@@ -65,16 +65,13 @@ def check_pool(capacity: int | None, settings: Settings) -> int:
     return slots
 
 
-# One semaphore per app and event loop (tests run an app on several loops in turn).
-_write_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, asyncio.Semaphore]] = \
-    weakref.WeakKeyDictionary()
-
-
 def _write_gate(app: FastAPI) -> asyncio.Semaphore:
-    per_app = _write_gates.setdefault(asyncio.get_running_loop(), {})
-    gate = per_app.get(id(app))
+    # One semaphore per event loop: tests run an app on several loops in turn.
+    gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = app.state.write_gates
+    loop = asyncio.get_running_loop()
+    gate = gates.get(loop)
     if gate is None:
-        gate = per_app[id(app)] = asyncio.Semaphore(app.state.write_slots)
+        gate = gates[loop] = asyncio.Semaphore(app.state.write_slots)
     return gate
 
 
@@ -154,6 +151,7 @@ def install_sessions(app: FastAPI, settings: Settings) -> None:
     app.state.session_factory = session_factory(url)
     app.state.read_session_factory = read_session_factory(url)
     app.state.write_slots = check_pool(pool_capacity(get_engine(url)), settings)
+    app.state.write_gates = weakref.WeakKeyDictionary()
     app.state.key_cache = KeyCache(settings.api_key_cache_seconds)
 
 
