@@ -66,3 +66,15 @@ def test_a_pool_smaller_than_the_threads_is_refused_at_start(tmp_path):
     with pytest.raises(ValueError, match="LAYERPRUNE_API_THREADS"):
         check_pool(30, settings)
     assert check_pool(60, Settings(data_dir=tmp_path, api_threads=40)) == 18
+
+
+def test_the_thread_limit_comes_from_the_settings(service_settings, migrated_db):
+    import anyio
+    from fastapi.testclient import TestClient
+
+    from layerprune.api.app import create_app
+
+    app = create_app(service_settings.model_copy(update={"api_threads": 7}), start_background=False)
+    with TestClient(app) as client:
+        tokens = client.portal.call(lambda: anyio.to_thread.current_default_thread_limiter().total_tokens)
+    assert tokens == 7
