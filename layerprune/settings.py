@@ -79,6 +79,16 @@ class Settings(BaseSettings):
     auth_fail_max_clients: int = Field(10000, ge=1)  # client addresses remembered (least recent dropped)
     trusted_proxies: str = ""  # comma-separated addresses/CIDRs whose X-Forwarded-For names the client
 
+    # API under load (issue 11)
+    api_threads: int = Field(40, ge=1)  # worker threads for sync routes and database calls
+    db_pool_size: int = Field(10, ge=1)  # database connections kept open per process
+    db_max_overflow: int = Field(50, ge=0)  # ... and opened beyond those under load
+    db_pool_timeout_seconds: float = Field(10.0, gt=0)  # wait for a free connection before a 503
+    api_key_cache_seconds: float = Field(5.0, ge=0)  # a verified key is trusted this long (0: every request)
+    request_header_timeout_seconds: float = Field(10.0, gt=0)  # request line + headers must arrive within
+    request_body_timeout_seconds: float = Field(30.0, gt=0)  # longest wait for the next piece of a body
+    keep_alive_timeout_seconds: int = Field(5, ge=1)  # an idle kept-alive connection is closed after
+
     @field_validator("data_dir", mode="after")
     @classmethod
     def _abs(cls, v: Path) -> Path:

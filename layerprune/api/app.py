@@ -15,15 +15,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
 from layerprune.api.background import Housekeeper
 from layerprune.api.body_limit import BodyLimitMiddleware
+from layerprune.api.body_timeout import BodyTimeoutMiddleware
+from layerprune.api.deps import install_sessions, limit_threads
 from layerprune.api.errors import install_error_handlers
 from layerprune.api.openapi import install_openapi
 from layerprune.api.routes import artifacts, dashboard, events, files, health, jobs, retention
 from layerprune.db.keys import key_secret
-from layerprune.db.session import session_factory as make_session_factory
 from layerprune.logs import bind, configure_logging
 from layerprune.settings import Settings, get_settings
 from layerprune.webhooks import WebhookSender
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Tru
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        limit_threads(settings)
         done = _startup_work(settings)
         keeper = None
         if start_background:
@@ -98,13 +100,14 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Tru
     )
     app.state.settings = settings
     app.state.database_url = settings.effective_database_url
-    app.state.session_factory = make_session_factory(settings.effective_database_url)
+    install_sessions(app, settings)  # session factories, API key cache, write slots
     install_error_handlers(app)
     install_openapi(app)
     for router in (jobs.router, events.router, artifacts.router, files.router, health.router,
                    retention.router, dashboard.router):
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_spec_bytes)
+    app.add_middleware(BodyTimeoutMiddleware, seconds=settings.request_body_timeout_seconds)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -114,19 +117,7 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Tru
                                           "If-None-Match", "If-Range", "Last-Event-ID"],
                            expose_headers=["ETag", "Content-Range", "X-Request-ID"])
 
-    @app.middleware("http")
-    async def request_log(request: Request, call_next: Any) -> Any:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
-        started = time.monotonic()
-        with bind(request_id=request_id):
-            response = await call_next(request)
-            response.headers["X-Request-ID"] = request_id
-            # Never the headers (they carry the API key), nor a signed link's token.
-            log.info("request", extra={"method": request.method, "path": loggable_path(request.url.path),
-                                       "tenant": getattr(request.state, "tenant", None),
-                                       "status": response.status_code,
-                                       "duration_ms": round((time.monotonic() - started) * 1000, 1)})
-        return response
+    app.add_middleware(RequestLogMiddleware)
 
     try:
         from layerprune import metrics
@@ -135,6 +126,50 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Tru
     if metrics is not None:
         metrics.install(app, token=settings.metrics_token)
     return app
+
+
+class RequestLogMiddleware:
+    """One log line per request (method, path, tenant, status, duration) and an ``X-Request-ID``.
+
+    Plain ASGI rather than ``@app.middleware("http")``: that runs every request through an extra
+    task and a memory stream, which cost about a fifth of the API's throughput under polling load.
+    The line is written when the response is complete (a stream's line when the stream ends).
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                request_id = value.decode("latin-1")
+                break
+        request_id = request_id or uuid.uuid4().hex[:16]
+        started = time.monotonic()
+        status = 500  # what the client gets if the app raises before answering
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()),
+                                                  (b"x-request-id", request_id.encode("latin-1"))]}
+            await send(message)
+
+        with bind(request_id=request_id):
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                # Never the headers (they carry the API key), nor a signed link's token. The tenant
+                # goes through the log context: get_tenant may have bound it there already.
+                with bind(tenant=scope.get("state", {}).get("tenant")):
+                    log.info("request", extra={"method": scope["method"], "path": loggable_path(scope["path"]),
+                                               "status": status,
+                                               "duration_ms": round((time.monotonic() - started) * 1000, 1)})
 
 
 _SECRET_PATH_PREFIXES = ("/dashboard/download/",)  # the rest of such a path is a bearer token

@@ -25,6 +25,8 @@ _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying ag
 LAYER_RESPONSES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "400": ("body", "The body cannot be decoded (not UTF-8, or not parseable at all)", {}),
     "413": ("body", "The body is over the size limit", {}),
+    "408": ("body", "The body stopped arriving (`LAYERPRUNE_REQUEST_BODY_TIMEOUT_SECONDS`); the connection is closed",
+            {}),
     "401": ("auth", "Missing or invalid API key", {}),
     "429": ("auth", "Too many wrong API keys from this client; retry after `Retry-After` seconds",
             {"headers": _RETRY_AFTER}),

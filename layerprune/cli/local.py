@@ -23,8 +23,7 @@ def migrate() -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from layerprune.api.server import serve
     from layerprune.db.keys import key_secret
     from layerprune.settings import get_settings
 
@@ -32,10 +31,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     key_secret(settings)  # a missing LAYERPRUNE_KEY_SECRET is one clear line, not a traceback from uvicorn
     if not args.no_migrate:
         migrate()
-    level = (args.log_level or settings.log_level).lower()
-    # One process: the app's background sweeps (outbox, reaper) expect one API per database
-    # connection pool; scale out with more replicas behind a load balancer instead.
-    uvicorn.run(APP, host=args.host, port=args.port, log_level=level, proxy_headers=True, access_log=False)
+    serve(APP, args.host, args.port, settings, log_level=args.log_level)
     return EXIT_OK
 
 

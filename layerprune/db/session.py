@@ -1,11 +1,17 @@
 """Engines and sessions.
 
 SQLite (the embedded default) is shared by the API and worker processes: WAL lets readers run
-beside one writer, and every transaction starts with ``BEGIN IMMEDIATE`` so two writers queue on
-the busy timeout instead of failing with "database is locked" when a read turns into a write.
+beside one writer, and every transaction that may write starts with ``BEGIN IMMEDIATE`` so two
+writers queue on the busy timeout instead of failing with "database is locked" when a read turns
+into a write. Read-only sessions (:func:`read_session_factory`) begin with a plain ``BEGIN``: in WAL
+they never wait for each other nor for the writer.
 Postgres connections are checked before use (``pool_pre_ping``), so a restarted server is
 reconnected to without failing a request, and connecting gives up after a few seconds so a
 database outage is a quick 503 rather than a hung request.
+
+Pool sizes come from the settings (``LAYERPRUNE_DB_POOL_SIZE``, ``LAYERPRUNE_DB_MAX_OVERFLOW``,
+``LAYERPRUNE_DB_POOL_TIMEOUT_SECONDS``); the API checks them against its thread count
+(``api/deps.py`` explains why a worker thread must never wait for a connection).
 """
 
 from __future__ import annotations
@@ -20,14 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.engine import Result, make_url
+from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 
 from layerprune.settings import get_settings
 
 _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
 _factories: dict[str, sessionmaker[Session]] = {}
+_read_factories: dict[str, sessionmaker[Session]] = {}
+
+READ_ONLY_OPTION = "layerprune_read_only"  # execution option of the read-only sessions' connections
 
 SQLITE_BUSY_TIMEOUT_S = 30
 
@@ -36,11 +45,29 @@ def database_url(url: str | None = None) -> str:
     return url or get_settings().effective_database_url
 
 
+def _pool_options() -> dict[str, Any]:
+    settings = get_settings()
+    return {"pool_size": settings.db_pool_size, "max_overflow": settings.db_max_overflow,
+            "pool_timeout": settings.db_pool_timeout_seconds}
+
+
+def pool_capacity(engine: Engine) -> int | None:
+    """Connections ``engine``'s pool may have open at once (None: no limit, e.g. an in-memory SQLite)."""
+    size = getattr(engine.pool, "size", None)
+    overflow = getattr(engine.pool, "_max_overflow", None)
+    if not callable(size) or overflow is None or overflow < 0:
+        return None
+    return int(size()) + int(overflow)
+
+
 def _sqlite_engine(url: str) -> Engine:
     parsed = make_url(url)
+    pool: dict[str, Any] = {}
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False})
+        pool = _pool_options()
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
+                           **pool)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -54,7 +81,12 @@ def _sqlite_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A read-only session's snapshot needs no lock: in WAL, readers never block each other
+        # or the writer. Everything else takes the write lock up front (see the module docstring).
+        if conn.get_execution_options().get(READ_ONLY_OPTION):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
@@ -85,8 +117,7 @@ def _make_engine(url: str) -> Engine:
     connect_args: dict[str, Any] = {}
     if url.startswith("postgresql"):
         connect_args["connect_timeout"] = 5
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=10,
-                         connect_args=connect_args)
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **_pool_options())
 
 
 def get_engine(url: str | None = None) -> Engine:
@@ -110,6 +141,53 @@ def session_factory(url: str | None = None) -> sessionmaker[Session]:
         return factory
 
 
+def read_session_factory(url: str | None = None) -> sessionmaker[Session]:
+    """Sessions for work that only reads (the API's GET and HEAD requests).
+
+    Each statement runs in a transaction of its own, committed as soon as its rows are fetched, so
+    the session holds a pooled connection only while a statement runs, in the thread that runs
+    it: never while the route computes, while its answer waits for a thread to be validated and
+    serialised, or while it is sent. On Postgres each statement runs in autocommit mode (the API
+    reads at READ COMMITTED, where every statement takes a fresh snapshot anyway, so nothing
+    changes but two round trips fewer); on SQLite the transaction begins without the write lock.
+
+    Loaded objects stay readable (``expire_on_commit=False``). A session that does write (an
+    object added, a flush, an UPDATE) falls back to one ordinary transaction from then on, which
+    its commit or close ends.
+    """
+    url = database_url(url)
+    engine = get_engine(url)
+    with _lock:
+        factory = _read_factories.get(url)
+        if factory is None:
+            options: dict[str, Any] = {READ_ONLY_OPTION: True}
+            if engine.dialect.name == "postgresql":
+                # One statement per transaction anyway: let the server wrap it, which saves the
+                # BEGIN and COMMIT round trips.
+                options["isolation_level"] = "AUTOCOMMIT"
+            factory = sessionmaker(engine.execution_options(**options), expire_on_commit=False)
+            event.listen(factory, "do_orm_execute", _commit_after_read)
+            event.listen(factory, "after_flush", _mark_written)
+            _read_factories[url] = factory
+        return factory
+
+
+def _mark_written(session: Session, _flush_context: Any) -> None:
+    session.info["wrote"] = True
+
+
+def _commit_after_read(state: ORMExecuteState) -> Result[Any] | None:
+    session = state.session
+    if not state.is_select or session.info.get("wrote") or session.new or session.dirty or session.deleted \
+            or session.in_nested_transaction():
+        if not state.is_select:
+            session.info["wrote"] = True
+        return None  # run as usual, inside the session's transaction
+    frozen = state.invoke_statement().freeze()  # every row fetched (and ORM objects loaded)
+    session.commit()  # nothing to flush: ends the read and hands the connection back to the pool
+    return frozen()
+
+
 @contextmanager
 def session_scope(url: str | None = None) -> Iterator[Session]:
     """One transaction: commit when the block ends normally, roll back when it raises."""
@@ -131,6 +209,7 @@ def dispose_engines() -> None:
             engine.dispose()
         _engines.clear()
         _factories.clear()
+        _read_factories.clear()
 
 
 def reset_after_fork() -> None:
@@ -147,6 +226,7 @@ def reset_after_fork() -> None:
         engine.dispose(close=False)
     _engines.clear()
     _factories.clear()
+    _read_factories.clear()
 
 
 if hasattr(os, "register_at_fork"):

@@ -149,7 +149,9 @@ def test_auth(client):
     assert client.post("/v1/files", files={"file": ("a.txt", b"x")}, data={"purpose": "evaluate"}).status_code == 401
 
 
-def test_revoked_key(client, new_tenant, migrated_db):
+def test_revoked_key(client, new_tenant, migrated_db, service_settings):
+    import time
+
     from sqlalchemy import update
 
     from layerprune.db.models import ApiKey, utcnow
@@ -159,6 +161,11 @@ def test_revoked_key(client, new_tenant, migrated_db):
     assert client.get("/v1/jobs", headers=h).status_code == 200
     with session_scope(migrated_db) as s:
         s.execute(update(ApiKey).where(ApiKey.tenant == tenant).values(revoked_at=utcnow()))
+    # A verified key is remembered for LAYERPRUNE_API_KEY_CACHE_SECONDS (api/key_cache.py), no longer.
+    deadline = time.monotonic() + service_settings.api_key_cache_seconds + 1
+    while client.get("/v1/jobs", headers=h).status_code == 200:
+        assert time.monotonic() < deadline, "a revoked key outlived the key cache"
+        time.sleep(0.2)
     assert client.get("/v1/jobs", headers=h).status_code == 401
 
 

@@ -58,7 +58,7 @@ def list_events_route(
             raise bad_cursor(cursor)
     if "text/event-stream" in request.headers.get("accept", ""):
         session.close()  # the stream opens short sessions of its own
-        factory = request.app.state.session_factory
+        factory = request.app.state.read_session_factory  # short reads: never the SQLite write lock
         return StreamingResponse(_stream(request, factory, job_id, after_seq), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     rows = list_events(session, job_id, after_seq=after_seq, limit=limit + 1)
