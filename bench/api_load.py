@@ -368,6 +368,8 @@ def bench_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str
             conn.execute(f'CREATE DATABASE "{dbname}"')
         base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
         env["LAYERPRUNE_DATABASE_URL"] = f"{base}/{dbname}"
+        # A server database needs the API-key secret (db/keys.py); a throwaway one for a throwaway database.
+        env.setdefault("LAYERPRUNE_KEY_SECRET", secrets.token_hex(32))
         sampler = PgSampler(dbname)
     result: dict[str, Any] = {}
     api = bare = None

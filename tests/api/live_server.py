@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.service_fixtures import TEST_KEY_SECRET
+
 REPO = Path(__file__).resolve().parents[2]
 SPEC = {"model": "bundled:smollm2-135m-instruct", "prune": {"metric": "reverse_order", "ratio": 0.25}}
 
@@ -59,6 +61,7 @@ def live_server(data_dir: Path, database_url: str | None = None, **settings: str
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAYERPRUNE_")}
     env.update({"LAYERPRUNE_DATA_DIR": str(data_dir), "LAYERPRUNE_API_KEYS": f"live:{key}",
                 "LAYERPRUNE_CUDA_WORKERS": "false", "LAYERPRUNE_LOG_LEVEL": "WARNING",
+                "LAYERPRUNE_KEY_SECRET": TEST_KEY_SECRET,
                 "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
     if database_url:
         env["LAYERPRUNE_DATABASE_URL"] = database_url
