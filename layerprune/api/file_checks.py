@@ -7,7 +7,9 @@ Each record is checked against every format the service reads files as, with cor
 
 * the fine-tuning formats of ``core.finetune.data`` (``FIELDS`` and ``row_problem``), and
 * ``texts``: calibration and perplexity text as ``core.textdata.load_texts`` reads it (the first
-  record's text field, then that field in every record).
+  record's text field, then that field in every record), and
+* ``gsm8k``: GSM8K train records (``question``, ``answer``), the pool stock ``gsm8k`` draws its
+  examples from (``evaluate.gsm8k_train``).
 
 A format drops out at the first record that does not fit it; the upload is refused (422 naming
 that line) once every format its purpose allows has dropped out, as soon as the purpose is known.
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from layerprune.api.errors import ApiError
+from layerprune.core.evaluate.generative_data import gsm8k_row_problem
 from layerprune.core.finetune.data import FIELDS, row_problem
 from layerprune.core.textdata import TEXT_FIELDS, text_field
 
@@ -39,11 +42,12 @@ MAX_LINE_BYTES = 64 * 1024 * 1024
 BOM = b"\xef\xbb\xbf"
 
 TEXTS = "texts"  # calibration / perplexity text (core.textdata.load_texts)
+GSM8K = "gsm8k"  # the few-shot pool of stock gsm8k (evaluate.gsm8k_train; core.evaluate.generative_data)
 # The formats a file of each purpose may be used as; at least one must fit every record.
 PURPOSE_FORMATS: dict[str, tuple[str, ...]] = {
     "finetune": tuple(FIELDS),
     "calibration": (TEXTS,),
-    "evaluate": (TEXTS,),
+    "evaluate": (TEXTS, GSM8K),
 }
 
 
@@ -90,6 +94,7 @@ def _row_checks() -> dict[str, Callable[[dict[str, Any]], str | None]]:
     """One check per format, keyed as in ``PURPOSE_FORMATS`` (a new core format is a new key)."""
     checks: dict[str, Callable[[dict[str, Any]], str | None]] = {fmt: partial(row_problem, fmt=fmt) for fmt in FIELDS}
     checks[TEXTS] = _TextsCheck()
+    checks[GSM8K] = gsm8k_row_problem
     return checks
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from layerprune.api.file_checks import PURPOSE_FORMATS, TEXTS, read_formats
+from layerprune.api.file_checks import GSM8K, PURPOSE_FORMATS, TEXTS, read_formats
 from layerprune.core.errors import DatasetError, DeviceUnavailableError, RemoteCodeRefusedError, SpecError
 from layerprune.core.spec import JobSpec, resolve_layer_count
 from layerprune.db.files import file_refs, get_file
@@ -120,6 +120,7 @@ FILE_USES: dict[str, Callable[[JobSpec], str]] = {
     "finetune.dataset": lambda spec: spec.finetune.format if spec.finetune is not None else "",
     "prune.calibration.dataset": lambda spec: TEXTS,
     "evaluate.perplexity.dataset": lambda spec: TEXTS,
+    "evaluate.gsm8k_train": lambda spec: GSM8K,
 }
 
 

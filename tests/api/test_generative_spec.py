@@ -48,3 +48,21 @@ def test_stock_gsm8k_offline_needs_an_uploaded_train_split(client, new_tenant, m
     assert up.status_code == 201, up.text
     r = _post(client, h, {"tasks": ["nq_open", "gsm8k"], "limit": 2, "gsm8k_train": up.json()["id"]})
     assert r.status_code == 201, r.text
+
+
+def test_gsm8k_train_upload_is_checked_as_gsm8k_records(client, new_tenant):
+    """A GSM8K train file is its own upload format (question + answer); a text file named as the
+    few-shot pool is a 422 at submit, not a failure in the worker."""
+    _, h = new_tenant
+    up = client.post("/v1/files", files={"file": ("train.jsonl", GSM8K_TRAIN)}, data={"purpose": "evaluate"},
+                     headers=h)
+    assert up.status_code == 201, up.text
+    assert up.json()["formats"] == ["gsm8k"]
+    bad = b'{"question": "q"}\n'
+    r = client.post("/v1/files", files={"file": ("half.jsonl", bad)}, data={"purpose": "evaluate"}, headers=h)
+    assert r.status_code == 422 and r.json()["error"]["param"] == "file", r.text
+    text = client.post("/v1/files", files={"file": ("t.txt", b"A paragraph.\n\nAnother one.\n")},
+                       data={"purpose": "evaluate"}, headers=h)
+    assert text.status_code == 201, text.text
+    r = _post(client, h, {"tasks": ["gsm8k"], "limit": 2, "gsm8k_train": text.json()["id"]})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "evaluate.gsm8k_train", r.text

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import time
 
+from layerprune.db.ids import JOB, new_id
 from tests.api.helpers import PRUNE
 from tests.api.tcp_proxy import TcpProxy
 from tests.service_fixtures import TENANT_A_KEY, auth, service_env
+
+# A job id of the real shape that names no job: it reaches the database (an impossible id is 404 before).
+GHOST_JOB = new_id(JOB)
 
 
 def test_healthz_and_readyz(client):
@@ -64,8 +68,8 @@ def test_database_down_is_503_and_recovers(service_settings, pg_url):
         with TestClient(app) as c:
             assert c.get("/v1/jobs", headers=h).status_code == 200
             proxy.stop()
-            for method, path in [("GET", "/v1/jobs"), ("POST", "/v1/jobs"), ("GET", "/v1/jobs/job_x"),
-                                 ("GET", "/v1/files"), ("GET", "/v1/jobs/job_x/events")]:
+            for method, path in [("GET", "/v1/jobs"), ("POST", "/v1/jobs"), ("GET", f"/v1/jobs/{GHOST_JOB}"),
+                                 ("GET", "/v1/files"), ("GET", f"/v1/jobs/{GHOST_JOB}/events")]:
                 r = c.request(method, path, headers=h, json=PRUNE if method == "POST" else None)
                 assert r.status_code == 503, (method, path, r.text)
                 assert r.json()["error"]["code"] == "database_unavailable"

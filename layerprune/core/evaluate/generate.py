@@ -31,10 +31,10 @@ from typing import Any
 
 import torch
 
+from layerprune.core.evaluate.generative import DEFAULT_MAX_GEN_TOKS
 from layerprune.core.evaluate.loglik import _cache_kwarg, _pad_id, model_max_length, tok_encode
 from layerprune.core.hooks import NO_HOOKS, Hooks
 
-DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's HFLM default
 # generation_config fields that would make transformers' generate() differ from plain argmax.
 _PROCESSOR_FIELDS = {
     "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0,

@@ -28,9 +28,12 @@ from typing import Any
 
 from layerprune.core.errors import SpecError
 from layerprune.core.evaluate import filters as F
-from layerprune.core.evaluate.generate import DEFAULT_MAX_GEN_TOKS, greedy_until, unsupported_processors
 from layerprune.core.evaluate.generative_data import load_generative_docs, load_gsm8k_train
 from layerprune.core.hooks import NO_HOOKS, Hooks
+
+# Task definitions are data and torch-free (the API reads them): the generation engine
+# (generate.py, torch) is imported where a model runs.
+DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's HFLM default
 
 Doc = dict[str, Any]
 FEWSHOT_SEED = 1234  # lm-eval's default fewshot_random_seed
@@ -301,6 +304,7 @@ def run_generative_tasks(
     batched together (as lm-eval groups them by generation arguments).
     """
     from layerprune.core.evaluate.continuation import loglik_and_greedy
+    from layerprune.core.evaluate.generate import greedy_until, unsupported_processors
     from layerprune.core.evaluate.loglik import encode_pair, model_max_length
 
     check_generative_names(names, gsm8k_train)

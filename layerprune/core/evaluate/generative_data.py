@@ -58,11 +58,24 @@ def load_generative_docs(source: str, limit: int | None = None) -> list[Doc]:
     return [dict(r) for r in (rows[:limit] if limit is not None else rows)]
 
 
+def gsm8k_row_problem(row: Any) -> str | None:
+    """Why ``row`` is not a GSM8K train record (None when it is): the one rule, also for uploads."""
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, expected an object with 'question' and 'answer'"
+    for name in ("question", "answer"):
+        if name not in row:
+            return f"missing field '{name}' (a GSM8K train record has 'question' and 'answer')"
+        if not isinstance(row[name], str):
+            return f"field '{name}' is not a string"
+    return None
+
+
 def _check_gsm8k_rows(rows: list[Any], where: str, param: str) -> list[Doc]:
     out = []
     for i, r in enumerate(rows, start=1):
-        if not isinstance(r, dict) or not isinstance(r.get("question"), str) or not isinstance(r.get("answer"), str):
-            raise DatasetError(f"{where} record {i}: needs string 'question' and 'answer' fields", param=param)
+        why = gsm8k_row_problem(r)
+        if why is not None:
+            raise DatasetError(f"{where} record {i}: {why}", param=param)
         out.append({"question": r["question"], "answer": r["answer"]})
     if not out:
         raise DatasetError(f"{where} holds no records", param=param)
