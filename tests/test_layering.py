@@ -43,3 +43,14 @@ def test_spec_is_torch_free() -> None:
 
     code = "import sys, layerprune.core.spec, layerprune.core.errors; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_api_is_torch_free() -> None:
+    # The whole API process (app, routes, upload checks, spec validation) starts without torch:
+    # a core module it reads for facts (task names, formats) must import torch only where a model runs.
+    import subprocess
+    import sys
+
+    code = ("import sys, layerprune.api.app, layerprune.api.validation, layerprune.api.file_checks; "
+            "assert 'torch' not in sys.modules, 'the API imported torch'")
+    subprocess.run([sys.executable, "-c", code], check=True)
