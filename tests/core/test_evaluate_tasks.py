@@ -178,10 +178,23 @@ def test_stderr_matches_lm_eval() -> None:
     metrics = pytest.importorskip("lm_eval.api.metrics")
     rng = random.Random(0)
     values = [float(rng.random() < 0.4) for _ in range(37)]
-    assert mean_stderr(values) == pytest.approx(metrics.mean_stderr(values))
+    # Exactly, not approximately: the same operations in the same order give the same bits.
+    assert mean_stderr(values) == metrics.mean_stderr(values)
     assert mean_stderr([1.0]) is None
     ses, sizes = [0.1, 0.2, 0.05], [10, 20, 30]
-    assert pooled_stderr(ses, sizes) == pytest.approx(metrics.pooled_sample_stderr(ses, sizes))
+    assert pooled_stderr(ses, sizes) == metrics.pooled_sample_stderr(ses, sizes)
+    # The MMLU group as lm-eval pools it: 57 subjects of various sizes, in lm-eval's subject order.
+    subjects = list(GROUPS["mmlu"])
+    parts = {}
+    for i, s in enumerate(subjects):
+        n = 2 + i % 7
+        vals = [float(rng.random() < 0.3) for _ in range(n)]
+        parts[s] = {"acc": sum(vals) / n, "acc_stderr": mean_stderr(vals), "acc_norm": 0.0,
+                    "acc_norm_stderr": 0.0, "n": n}
+    agg = aggregate(parts)
+    sizes = [p["n"] for p in parts.values()]
+    assert agg["acc"] == metrics.aggregate_subtask_metrics([p["acc"] for p in parts.values()], sizes)
+    assert agg["acc_stderr"] == metrics.pooled_sample_stderr([p["acc_stderr"] for p in parts.values()], sizes)
     parts = {"a": {"acc": 0.5, "acc_stderr": 0.1, "acc_norm": 0.2, "acc_norm_stderr": 0.1, "n": 10},
              "b": {"acc": 0.25, "acc_stderr": 0.2, "acc_norm": 0.4, "acc_norm_stderr": 0.1, "n": 30}}
     agg = aggregate(parts)

@@ -103,8 +103,11 @@ def _boolq_titled(rows: list[Doc]) -> list[Doc]:
         tail = f"\nQuestion: {row['question']}?\nAnswer:"
         passage = doc["query"][: -len(tail)]
         if not doc["query"].endswith(tail) or not passage.endswith(" -- " + row["passage"]):
-            raise DatasetError(f"BoolQ document {i}: OLMES request does not match google/boolq", param="evaluate.tasks")
-        out.append({"question": row["question"], "passage": passage, "idx": i, "label": int(bool(row["answer"]))})
+            raise DatasetError(
+                f"BoolQ document {i}: OLMES request does not match google/boolq", param="evaluate.tasks"
+            )
+        label = int(bool(row["answer"]))
+        out.append({"question": row["question"], "passage": passage, "idx": i, "label": label})
     return out
 
 
