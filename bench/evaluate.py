@@ -1,13 +1,13 @@
 """Examples/s of layerprune's evaluation vs lm-evaluation-harness's HF backend, same tasks/model/limit.
 
 Both run in this process on the same model object (bundled SmolLM2-135M-Instruct by default; CUDA
-bf16 when present, else CPU fp32) and the same documents (lm-eval reads them through
-core/evaluate/lm_eval_configs.py). Each task is timed end to end for both: documents, prompts,
+bf16 when present, else CPU fp32) and the same documents (lm-eval's stock tasks read the raw offline
+files through tests/lm_eval_raw.py). Each task is timed end to end for both: documents, prompts,
 tokenization, scoring, metrics. lm-eval's TaskManager index is built once, outside the timings.
 Prints one JSON line: per task examples/s of each, the speed-up, both accuracies; and overall.
 
 Generative and last-word tasks (``--gen-tasks``; lm-eval reads them through
-core/evaluate/lm_eval_generative_configs.py) are timed the same way, with their own
+tests/core/test_evaluate_agreement_generative.py's raw-file tasks) are timed the same way, with their own
 ``--gen-limit``; their figures are reported apart (``generative``), with their scores, because
 a generated example costs far more than a scored one.
 
@@ -29,6 +29,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# tests/lm_eval_raw.py (lm-eval's stock tasks on the raw offline files) lives in the repository's tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -50,13 +52,12 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
 
     from layerprune.core.bundled import bundled_model_dir, is_bundled
     from layerprune.core.device import pick_device, pick_dtype
-    from layerprune.core.evaluate.lm_eval_configs import write_lm_eval_configs
     from layerprune.core.evaluate.multiple_choice import run_tasks
     from layerprune.core.loading import load_model
+    from tests.lm_eval_raw import ALSO_ACC_NORM, build_stock, stock_task_manager
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     if args.threads:
@@ -69,22 +70,29 @@ def main(argv: list[str] | None = None) -> dict:
 
     tmp = Path(tempfile.mkdtemp(prefix="lp-bench-"))
     os.environ["HF_DATASETS_CACHE"] = str(tmp / "hf_datasets_cache")
-    lm_names = write_lm_eval_configs(tmp / "tasks", limits)
+    tm = stock_task_manager(tasks)
+    # WinoGrande's, BoolQ's and MMLU's yaml list only acc; lm-eval is asked for acc_norm too.
+    overrides = {t: ALSO_ACC_NORM for t in ("winogrande", "boolq", "mmlu")}
     gen_tasks = [t for t in args.gen_tasks.split(",") if t]
     gen_names: dict[str, str] = {}
+    gen_tm = None
     if gen_tasks:
-        from layerprune.core.evaluate.lm_eval_generative_configs import write_generative_lm_eval_configs
+        # lm-eval's stock generative tasks on the raw offline files (the agreement test's own reading).
+        from tests.core.test_evaluate_agreement_generative import raw_task_configs
 
-        gen_names = write_generative_lm_eval_configs(tmp / "tasks", {t: args.gen_limit for t in gen_tasks})
-    tm = TaskManager(include_path=str(tmp / "tasks"), include_defaults=False)
+        gen_names = {t: n for t, n in raw_task_configs(tmp / "gen_tasks").items() if t in gen_tasks}
+        from lm_eval.tasks import TaskManager
+
+        gen_tm = TaskManager(include_path=str(tmp / "gen_tasks"), include_defaults=False)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size, device=str(device))
 
-    # Warm-up, untimed: both sides' documents parsed and cached (lm-eval's json data sets built), and
+    # Warm-up, untimed: both sides' documents parsed and cached (lm-eval's tasks built), and
     # one forward pass, so the timings compare steady-state evaluation.
     from layerprune.core.evaluate.loaders import load_docs
     from layerprune.core.evaluate.tasks import GROUPS, TASKS
 
-    tm.load(list(lm_names.values()) + list(gen_names.values()))
+    # lm-eval's tasks are built (data sets loaded and processed) once, as layerprune's documents are cached.
+    built = {task: build_stock(tm, task, tmp / "data", overrides.get(task)) for task in tasks}
     for task in tasks:
         for leaf in GROUPS.get(task, (task,)):
             load_docs(TASKS[leaf], limits[task])
@@ -105,8 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
             ours = run_tasks(model, tokenizer, [task], limit=limits[task], batch_size=args.batch_size)[task]
             sync()
             t1, c1 = time.perf_counter(), time.process_time()
-            theirs = simple_evaluate(model=lm, tasks=[lm_names[task]], task_manager=tm, num_fewshot=0,
-                                     log_samples=False, bootstrap_iters=0)["results"][lm_names[task]]
+            theirs = simple_evaluate(model=lm, tasks=[built[task]], task_manager=tm, num_fewshot=0,
+                                     limit=limits[task], log_samples=False, bootstrap_iters=0)["results"][task]
             sync()
             t2, c2 = time.perf_counter(), time.process_time()
             best["ours"] = (min(best["ours"][0], t1 - t0), min(best["ours"][1], c1 - c0))
@@ -121,7 +129,8 @@ def main(argv: list[str] | None = None) -> dict:
             # CPU seconds of this process: steadier than wall time on a shared machine.
             "speedup_cpu_time": round(c_theirs / c_ours, 3),
             "acc": ours["acc"], "acc_norm": ours["acc_norm"],
-            "lm_eval_acc": theirs["acc,none"], "lm_eval_acc_norm": theirs["acc_norm,none"],
+            # lm-eval's mmlu group aggregates acc only.
+            "lm_eval_acc": theirs["acc,none"], "lm_eval_acc_norm": theirs.get("acc_norm,none"),
         }
         total["examples"] += n
         total["layerprune_s"] += w_ours
@@ -129,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
         total["layerprune_cpu_s"] += c_ours
         total["lm_eval_cpu_s"] += c_theirs
         print(f"{task}: {per_task[task]}", file=sys.stderr, flush=True)
-    generative = bench_generative(model, tokenizer, lm, tm, gen_names, args, sync) if gen_names else None
+    generative = bench_generative(model, tokenizer, lm, gen_tm, gen_names, args, sync) if gen_names else None
     overall = {
         "examples": total["examples"],
         "layerprune_ex_per_s": round(total["examples"] / total["layerprune_s"], 3),
@@ -137,10 +146,9 @@ def main(argv: list[str] | None = None) -> dict:
         "speedup": round(total["lm_eval_s"] / total["layerprune_s"], 3),
         "speedup_cpu_time": round(total["lm_eval_cpu_s"] / total["layerprune_cpu_s"], 3),
         "layerprune_s": round(total["layerprune_s"], 2), "lm_eval_s": round(total["lm_eval_s"], 2),
-    } if total["examples"] else {}
-    if overall:
-        overall["identical"] = all(v["acc"] == v["lm_eval_acc"] and v["acc_norm"] == v["lm_eval_acc_norm"]
-                                   for v in per_task.values())
+        "identical": all(v["acc"] == v["lm_eval_acc"] and v["lm_eval_acc_norm"] in (None, v["acc_norm"])
+                         for v in per_task.values()),
+    }
     out = {"bench": "evaluate", "model": args.model, "device": str(device), "dtype": str(pick_dtype(device)),
            "limit": args.limit, "mmlu_limit": args.mmlu_limit, "repeat": args.repeat, "batch_size": args.batch_size,
            "threads": torch.get_num_threads(), "load_average": os.getloadavg(), "tasks": per_task, "overall": overall,
@@ -169,8 +177,8 @@ def bench_generative(model, tokenizer, lm, tm, gen_names: dict[str, str], args, 
                                         batch_size=args.batch_size)[task]
             sync()
             t1, c1 = time.perf_counter(), time.process_time()
-            theirs = simple_evaluate(model=lm, tasks=[lm_name], task_manager=tm, log_samples=False,
-                                     bootstrap_iters=0)["results"][lm_name]
+            theirs = simple_evaluate(model=lm, tasks=[lm_name], task_manager=tm, limit=args.gen_limit,
+                                     log_samples=False, bootstrap_iters=0)["results"][lm_name]
             sync()
             t2, c2 = time.perf_counter(), time.process_time()
             best["ours"] = (min(best["ours"][0], t1 - t0), min(best["ours"][1], c1 - c0))

