@@ -190,9 +190,10 @@ def bench_generative(model, tokenizer, lm, tm, gen_names: dict[str, str], args, 
         for key in GEN_TASKS[task].metrics:
             metric, _, filt = key.partition(",")
             theirs_v = theirs[f"{metric},{filt or 'none'}"]
+            theirs_v = float(theirs_v)
             scores[key] = {"layerprune": ours[key], "lm_eval": theirs_v}
             same = abs(ours[key] - theirs_v) <= 1e-5 * abs(theirs_v) if metric == "perplexity" else ours[key] == theirs_v
-            identical = identical and same
+            identical = identical and bool(same)
         per_task[task] = {"examples": n, "layerprune_ex_per_s": round(n / w_o, 3), "lm_eval_ex_per_s": round(n / w_t, 3),
                           "speedup": round(w_t / w_o, 3), "speedup_cpu_time": round(c_t / c_o, 3),
                           "scores": scores, "identical": identical}

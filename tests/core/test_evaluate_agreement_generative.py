@@ -143,7 +143,10 @@ def lm_eval_contexts(tm, lm, lm_name: str, limit: int, *, chat: bool = False) ->
 
 
 @pytest.mark.slow
-def test_generative_scores_equal_lm_eval_from_raw_files(fp32_model, tmp_path: Path, offline_lm_eval) -> None:
+@pytest.mark.timeout(1800)  # greedy generation on a shared 2-core CPU: minutes per task, on both sides
+@pytest.mark.parametrize("name", list(LIMITS))
+def test_generative_scores_equal_lm_eval_from_raw_files(fp32_model, tmp_path: Path, offline_lm_eval,
+                                                         name: str) -> None:
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -154,37 +157,37 @@ def test_generative_scores_equal_lm_eval_from_raw_files(fp32_model, tmp_path: Pa
     names = raw_task_configs(tmp_path / "tasks")
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=BATCH, device="cpu")
     tm = TaskManager(include_path=str(tmp_path / "tasks"), include_defaults=False)
-    for name, limit in LIMITS.items():
-        ours = run_generative_tasks(model, tokenizer, [name], limit=limit, batch_size=BATCH,
-                                    keep_generations=True)[name]
-        # bootstrap_iters > 0, or lm-eval reports no standard errors at all; the mean metrics' errors
-        # are analytic (sample stddev / sqrt n), only perplexity's is a bootstrap (ours: None).
-        out = simple_evaluate(model=lm, tasks=[names[name]], task_manager=tm, limit=limit, log_samples=True,
-                              bootstrap_iters=1000)
-        theirs = out["results"][names[name]]
-        assert ours["n"] == limit
-        if GEN_TASKS[name].output_type == "generate_until":
-            # Character for character, per document: what was generated and where it was cut.
-            # (lm-eval logs each document once per filter; the generation is the same in each.)
-            first = GEN_TASKS[name].filters[0].name
-            samples = sorted((s for s in out["samples"][names[name]] if s["filter"] == first),
-                             key=lambda s: s["doc_id"])
-            assert [s["resps"][0][0] for s in samples] == ours["generations"], name
-        for key in GEN_TASKS[name].metrics:
-            metric, _, filt = key.partition(",")
-            lm_key = f"{metric},{filt or 'none'}"
-            if metric == "perplexity":
-                # A float sum of log-probabilities: batches pad differently on the two sides.
-                assert ours[key] == pytest.approx(theirs[lm_key], rel=1e-5), (name, key)
-                continue
-            assert ours[key] == pytest.approx(theirs[lm_key], abs=1e-12), (name, key)
-            stderr = theirs[f"{metric}_stderr,{filt or 'none'}"]
-            se_key = f"{metric}_stderr" + (f",{filt}" if filt else "")
-            if stderr == "N/A":
-                assert ours[se_key] is None
-            else:
-                assert ours[se_key] == pytest.approx(stderr, abs=1e-12), (name, key)
-        assert {k.split(",")[0]: v for k, v in ours["higher_is_better"].items()} == out["higher_is_better"][names[name]]
+    limit = LIMITS[name]
+    ours = run_generative_tasks(model, tokenizer, [name], limit=limit, batch_size=BATCH,
+                                keep_generations=True)[name]
+    # bootstrap_iters > 0, or lm-eval reports no standard errors at all; the mean metrics' errors
+    # are analytic (sample stddev / sqrt n), only perplexity's is a bootstrap (ours: None).
+    out = simple_evaluate(model=lm, tasks=[names[name]], task_manager=tm, limit=limit, log_samples=True,
+                          bootstrap_iters=1000)
+    theirs = out["results"][names[name]]
+    assert ours["n"] == limit
+    if GEN_TASKS[name].output_type == "generate_until":
+        # Character for character, per document: what was generated and where it was cut.
+        # (lm-eval logs each document once per filter; the generation is the same in each.)
+        first = GEN_TASKS[name].filters[0].name
+        samples = sorted((s for s in out["samples"][names[name]] if s["filter"] == first),
+                         key=lambda s: s["doc_id"])
+        assert [s["resps"][0][0] for s in samples] == ours["generations"], name
+    for key in GEN_TASKS[name].metrics:
+        metric, _, filt = key.partition(",")
+        lm_key = f"{metric},{filt or 'none'}"
+        if metric == "perplexity":
+            # A float sum of log-probabilities: batches pad differently on the two sides.
+            assert ours[key] == pytest.approx(theirs[lm_key], rel=1e-5), (name, key)
+            continue
+        assert ours[key] == pytest.approx(theirs[lm_key], abs=1e-12), (name, key)
+        stderr = theirs[f"{metric}_stderr,{filt or 'none'}"]
+        se_key = f"{metric}_stderr" + (f",{filt}" if filt else "")
+        if stderr == "N/A":
+            assert ours[se_key] is None
+        else:
+            assert ours[se_key] == pytest.approx(stderr, abs=1e-12), (name, key)
+    assert {k.split(",")[0]: v for k, v in ours["higher_is_better"].items()} == out["higher_is_better"][names[name]]
 
 
 @pytest.mark.parametrize("chat", [False, True])
@@ -210,6 +213,7 @@ def test_prompts_equal_lm_eval_from_raw_files(fp32_model, tmp_path: Path, offlin
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_stock_gsm8k_shots_and_scores_equal_lm_eval_on_a_local_train_file(fp32_model, tmp_path: Path,
                                                                           offline_lm_eval) -> None:
     """The stock gsm8k task: 5 shots drawn by lm-eval's sampler (seed 1234) from a local train file."""

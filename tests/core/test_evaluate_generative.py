@@ -44,6 +44,28 @@ def test_batched_cached_generation_equals_transformers_generate(tiny_dirs, famil
         assert text == cut_at_stops(ref, ["\x00never", tokenizer.decode(tokenizer.eos_token_id)]), (family, ctx)
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2"])
+def test_shared_few_shot_prefix_runs_once_and_changes_nothing(tiny_dirs, family: str) -> None:
+    """Contexts sharing a long prefix (few-shot examples): each row still gets generate()'s tokens."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from layerprune.core.evaluate import generate as G
+
+    d = tiny_dirs(family)
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    model.generation_config.eos_token_id = None
+    tokenizer = AutoTokenizer.from_pretrained(d)
+    shots = "Q: There are 15 trees in the grove and workers plant more today.\nA: The answer is 6.\n\n" * 3
+    contexts = [shots + q for q in ("Q: How many cars?\nA:", "Q: Leah had 32 chocolates and her sister 42?\nA:",
+                                    "Q: x\nA:")]
+    seqs = [tokenizer.encode(c) for c in contexts]
+    assert G._common_prefix(seqs) >= G.MIN_SHARED_PREFIX  # the shared path is the one under test
+    ours = greedy_until(model, tokenizer, contexts, until=["\x00never"], max_gen_toks=10, batch_size=3)
+    for ctx, text in zip(contexts, ours, strict=True):
+        ref = tokenizer.decode(_hf_greedy(model, tokenizer, ctx, 10), skip_special_tokens=True)
+        assert text == cut_at_stops(ref, ["\x00never", tokenizer.decode(tokenizer.eos_token_id)]), (family, ctx)
+
+
 def test_rows_stop_at_their_own_stop_string_and_text_is_cut(tiny_dirs) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -14,7 +14,8 @@ What is generated is lm-eval 0.4's ``HFLM.generate_until`` (``models/huggingface
   (``postprocess_generated_text``).
 
 How, faster: one prefill of the padded batch (attention mask, position ids counted over the real
-tokens only), then one token per step with the KV cache. A row stops as soon as its own decoded
+tokens only; a token prefix that every context of the batch shares, such as few-shot examples,
+runs once and its KV cache is copied to each row), then one token per step with the KV cache. A row stops as soon as its own decoded
 text holds a stop string (lm-eval's stopping criterion waits until *every* row has met the *same*
 stop string, and keeps generating for the others); finished rows leave the batch (their cache
 rows are dropped), and the batch ends when no row is left. Generating past a stop string changes
@@ -32,9 +33,17 @@ from typing import Any
 import torch
 
 from layerprune.core.evaluate.generative import DEFAULT_MAX_GEN_TOKS
-from layerprune.core.evaluate.loglik import _cache_kwarg, _pad_id, model_max_length, tok_encode
+from layerprune.core.evaluate.loglik import (
+    _cache_kwarg,
+    _common_prefix,
+    _left_padded,
+    _pad_id,
+    model_max_length,
+    tok_encode,
+)
 from layerprune.core.hooks import NO_HOOKS, Hooks
 
+MIN_SHARED_PREFIX = 32  # shorter common prefixes are cheaper to recompute than to copy
 # generation_config fields that would make transformers' generate() differ from plain argmax.
 _PROCESSOR_FIELDS = {
     "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0,
@@ -76,11 +85,24 @@ def unsupported_processors(model: Any) -> list[str]:
     return [k for k, neutral in _PROCESSOR_FIELDS.items() if getattr(cfg, k, neutral) not in (neutral, None, [], 1)]
 
 
-@torch.inference_mode()
-def _generate_batch(model: Any, tokenizer: Any, seqs: list[list[int]], stops: list[str], eos: set[int],
-                    max_gen_toks: int) -> list[list[int]]:
-    device = next(model.parameters()).device
+def _prefill(model: Any, seqs: list[list[int]], device: torch.device) -> tuple[Any, Any, torch.Tensor, torch.Tensor]:
+    """(model output, cache, attention mask, last position) after running every context once.
+
+    Contexts that share a long token prefix (few-shot examples) run it once: its KV cache is
+    copied to every row, which then runs only its own suffix, left-padded after the prefix.
+    """
     pad = _pad_id(model)
+    # Every row keeps at least one token of its own, so the last position is computed for each.
+    p = min(_common_prefix(seqs), min(len(s) for s in seqs) - 1) if len(seqs) > 1 else 0
+    if p >= MIN_SHARED_PREFIX:
+        head = model(input_ids=torch.tensor([seqs[0][:p]], device=device), use_cache=True, logits_to_keep=1)
+        cache = getattr(head, "cache", None) or head.past_key_values
+        cache.batch_select_indices(torch.zeros(len(seqs), dtype=torch.long, device=device))
+        ids, smask, pos = _left_padded([s[p:] for s in seqs], pad, [p] * len(seqs))
+        mask = torch.cat([torch.ones((len(seqs), p), dtype=torch.long), smask], dim=1).to(device)
+        out = model(input_ids=ids.to(device), attention_mask=mask, position_ids=pos.to(device), use_cache=True,
+                    logits_to_keep=1, **{_cache_kwarg(model): cache})
+        return out, getattr(out, "cache", None) or out.past_key_values, mask, pos[:, -1].to(device)
     length = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), length), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), length), dtype=torch.long)
@@ -91,10 +113,16 @@ def _generate_batch(model: Any, tokenizer: Any, seqs: list[list[int]], stops: li
     pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
     mask, ids, pos = mask.to(device), ids.to(device), pos.to(device)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-    cache = getattr(out, "cache", None) or out.past_key_values
+    return out, getattr(out, "cache", None) or out.past_key_values, mask, pos[:, -1]
+
+
+@torch.inference_mode()
+def _generate_batch(model: Any, tokenizer: Any, seqs: list[list[int]], stops: list[str], eos: set[int],
+                    max_gen_toks: int) -> list[list[int]]:
+    device = next(model.parameters()).device
+    out, cache, mask, last = _prefill(model, seqs, device)
     kwarg = _cache_kwarg(model)
     nxt = out.logits[:, -1, :].float().argmax(-1)
-    last = pos[:, -1]
     generated: list[list[int]] = [[] for _ in seqs]
     rows = list(range(len(seqs)))  # batch row -> request index, for the rows still generating
     for step in range(max_gen_toks):
