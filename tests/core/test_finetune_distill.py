@@ -352,3 +352,24 @@ def test_specs_round_trip_through_json():
     # The worker reloads the stored spec: every field is listed there, defaults included.
     for spec in (FinetuneSpec(), FinetuneSpec(dataset="bundled:wikipedia-train", format="text", **DISTILL)):
         assert FinetuneSpec.model_validate_json(spec.model_dump_json()) == spec
+
+
+def test_every_heal_of_an_iterative_job_distils_from_the_input_model(tmp_path, tiny_dirs):
+    from layerprune.core.pipeline import run_pipeline
+    from layerprune.core.sources import resolve_model
+
+    root = tiny_dirs("llama").parent
+    spec = JobSpec.model_validate({
+        "model": "llama",
+        "prune": {"metric": "reverse_order", "num_layers": 2, "iterative_step": 1, "heal_between_rounds": True},
+        "finetune": {"objective": "distill", "distill_top_k": 8, "distill_hidden_weight": 0.5, "max_steps": 1,
+                     "dataset": "bundled:wikipedia-train", "format": "text",
+                     "batch_size": 1, "micro_batch_size": 1, "max_seq_len": 64, "warmup_steps": 0,
+                     "trainable_last_layers": 1},
+    })
+    teachers: list[int] = []
+    hooks = Hooks(log=lambda level, msg, data: teachers.append(data["teacher_layers"]) if "teacher_layers" in data
+                  else None)
+    result = run_pipeline(spec, resolve_model(spec.model, model_roots=[root]), tmp_path, hooks)
+    assert result["num_layers_after"] == 6 and result["finetune"]["objective"] == "distill"
+    assert teachers == [8, 8]  # the heal after round 0 (7 layers) and the final heal (6 layers)
