@@ -121,7 +121,11 @@ class ReplaceSpec(_Strict):
     @model_validator(mode="after")
     def _settings_need_a_method(self) -> ReplaceSpec:
         # {"objective": "cosine"} alone would silently replace nothing: say what is missing.
-        if self.method == "none" and self.model_fields_set - {"method"}:
+        # (Compared with the defaults, not "was it given": a stored spec is dumped with every field,
+        # and the worker validates it again.)
+        changed = [n for n in type(self).model_fields if n != "method"
+                   and getattr(self, n) != type(self).model_fields[n].default]
+        if self.method == "none" and changed:
             raise SpecError("replace settings are given but method is 'none'; set method 'linear'",
                             param="prune.replace.method")
         return self

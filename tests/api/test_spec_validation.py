@@ -219,3 +219,21 @@ def test_uploaded_file_refs(client, new_tenant):
     # A JSONL file cannot be read as plain text.
     r = client.post("/v1/jobs", json={**FT, "finetune": {"dataset": up["id"], "format": "text"}}, headers=h)
     assert r.status_code == 422 and r.json()["error"]["param"] == "finetune.format"
+
+
+def test_a_stored_spec_validates_again_unchanged() -> None:
+    """The API stores ``model_dump``; the worker validates it again. Every field is then "given",
+    so checks of the form "this knob needs that option" must compare with defaults, not presence."""
+    from layerprune.core.spec import JobSpec
+
+    bodies = [
+        {"prune": {"metric": "reverse_order", "ratio": 0.25}, "finetune": {"method": "partial"},
+         "evaluate": {"tasks": ["arc_easy"]}},
+        {"prune": {"metric": "angular", "num_layers": 2, "replace": "linear"},
+         "finetune": {"objective": "distill", "distill_top_k": 8}},
+        {"prune": {"metric": "angular", "num_layers": 2, "replace": {"method": "linear", "objective": "cosine"}}},
+    ]
+    for body in bodies:
+        spec = JobSpec.model_validate(body)
+        again = JobSpec.model_validate(spec.model_dump(mode="json"))
+        assert again == spec
