@@ -13,8 +13,9 @@ import json
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from layerprune.cli.render import human_count, summary_table
+from layerprune.cli.render import human_bytes, human_count, summary_table
 from layerprune.core.architecture import count_params, meta_model
+from layerprune.core.evaluate import weights_size_bytes
 from layerprune.core.hooks import Hooks
 from layerprune.core.pipeline import model_shape, run_pipeline
 from layerprune.core.sources import resolve_model
@@ -64,3 +65,17 @@ def test_tiny_tied_model_job_result_card_and_cli_agree(tiny_dirs, tmp_path):
     # the CLI's before/after table
     row = next(line for line in summary_table(result).splitlines() if line.startswith("parameters"))
     assert row.split()[1:3] == [human_count(before), human_count(after)]
+
+
+def test_prune_only_job_reports_both_sizes(tiny_dirs, tmp_path):
+    tiny = tiny_dirs("gpt2")
+    spec = JobSpec.model_validate({"model": str(tiny), "prune": {"metric": "reverse_order", "num_layers": 2}})
+    result = run_pipeline(spec, resolve_model(spec.model, None, model_roots=[tiny.parent]), tmp_path, Hooks())
+    out = tmp_path / "output"
+    assert result["size_bytes_before"] == weights_size_bytes(tiny) > 0
+    assert result["size_bytes_after"] == weights_size_bytes(out) < result["size_bytes_before"]
+    row = next(line for line in summary_table(result).splitlines() if line.startswith("size on disk"))
+    assert human_bytes(result["size_bytes_before"]) in row and " - " not in row
+    card = (out / "README.md").read_text()
+    assert (f"- Weights on disk: {human_bytes(result['size_bytes_before'])} before, "
+            f"{human_bytes(result['size_bytes_after'])} after") in card
