@@ -79,3 +79,18 @@ def test_prune_only_job_reports_both_sizes(tiny_dirs, tmp_path):
     card = (out / "README.md").read_text()
     assert (f"- Weights on disk: {human_bytes(result['size_bytes_before'])} before, "
             f"{human_bytes(result['size_bytes_after'])} after") in card
+
+
+def test_an_untied_copy_counts_both_matrices(tiny_dirs, tmp_path):
+    """Healing lm_head unties it (finetune.methods): the saved model stores two matrices, and the
+    skeleton read from its config must count both, as the loaded model does."""
+    from layerprune.core.finetune.methods import untie_embeddings
+
+    tiny = tiny_dirs("gpt2")
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
+    tied = sum(p.numel() for p in model.parameters())
+    assert untie_embeddings(model)
+    model.save_pretrained(tmp_path)
+    loaded = _loaded_count(tmp_path)
+    assert loaded == tied + model.get_input_embeddings().weight.numel()
+    assert model_shape(tmp_path)[1] == loaded
