@@ -33,6 +33,7 @@ def test_dashboard_js_port_prints_what_python_prints():
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed")
+    subprocess.run([node, "--check", str(DASHBOARD_JS)], check=True, timeout=60)  # the whole page parses
     source = DASHBOARD_JS.read_text(encoding="utf-8")
     match = re.search(r"^function fmtBytes\(n\) \{\n.*?^\}\n", source, re.S | re.M)
     assert match, "fmtBytes not found in dashboard.js"
