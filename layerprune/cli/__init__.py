@@ -12,7 +12,8 @@
 
 Commands that talk to a server take ``--url``/``--api-key`` or LAYERPRUNE_URL/LAYERPRUNE_API_KEY.
 Exit codes: 0 success; 1 the job failed or the server refused the request; 2 bad usage or a spec
-the server refused as invalid (422/413); 3 server unreachable; 4 the job was cancelled; 130 interrupted.
+the server refused as invalid (422/413); 3 server unreachable; 4 the job was cancelled; 130 interrupted;
+141 the reader of the output went away (``layerprune jobs show J | head``: quietly, as ``yes | head``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_CANCELLED = 4
 EXIT_INTERRUPTED = 130
+# 128 + SIGPIPE: the status a shell reports for a tool killed by writing to a closed pipe.
+EXIT_BROKEN_PIPE = 141
 
 
 def _add_server_options(p: argparse.ArgumentParser) -> None:
@@ -134,22 +137,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        if args.command in ("serve", "worker", "migrate", "keys"):
-            from layerprune.cli import local
-
-            return local.run(args)
-        if args.command == "demo":
-            from layerprune.demo import run_demo
-
-            return run_demo(args)
-        from layerprune.cli import remote
-
-        return remote.run(args)
+        # Flushed here, so that a closed pipe shows up inside this try and not at interpreter exit.
+        code = _run(argv)
+        sys.stdout.flush()
+        return code
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader (``| head``) has gone: stop quietly. Python's own flush of stdout at exit
+        # would fail again and print a traceback, so stdout is pointed at /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)  # --help prints: inside main's try too
+    if args.command in ("serve", "worker", "migrate", "keys"):
+        from layerprune.cli import local
+
+        return local.run(args)
+    if args.command == "demo":
+        from layerprune.demo import run_demo
+
+        return run_demo(args)
+    from layerprune.cli import remote
+
+    return remote.run(args)
 
 
 if __name__ == "__main__":

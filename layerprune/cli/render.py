@@ -9,6 +9,9 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+# Sizes follow the one rule the model card and the dashboard use too.
+from layerprune.core.units import human_bytes as human_bytes
+
 BEFORE_KEYS = ("before", "base", "baseline", "original")
 AFTER_KEYS = ("after", "result", "pruned", "final")
 # Leaves of a metrics tree that are bookkeeping, not scores worth a row of the summary.
@@ -40,16 +43,6 @@ def human_count(n: float | int | None) -> str:
         if abs(n) >= size:
             return f"{n / size:.1f}{unit}"
     return f"{n:.0f}"
-
-
-def human_bytes(n: float | int | None) -> str:
-    if n is None:
-        return "-"
-    n = float(n)
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n:.0f} B"
 
 
 def human_duration(seconds: float | None) -> str:

@@ -109,7 +109,13 @@ def layer_param_count(layer: nn.Module) -> int:
 
 
 def count_params(model: nn.Module) -> int:
-    """Unique parameters (tied embeddings counted once)."""
+    """Unique parameters: a tensor shared by several modules (tied embeddings) counts once.
+
+    The one parameter count of the project (job result, model card, CLI, dashboard all show it).
+    It equals ``sum(p.numel() for p in model.parameters())`` of the loaded model, which
+    transformers reports too: ``parameters()`` yields a shared tensor once. Skeletons from
+    :func:`meta_model` are tied like loaded models, so counting one gives the same number.
+    """
     seen: set[int] = set()
     total = 0
     for p in model.parameters():
@@ -132,7 +138,12 @@ def meta_model(config):  # type: ignore[no-untyped-def]
     except ImportError:  # pragma: no cover - older transformers 5 releases
         no_init_weights = contextlib.nullcontext
     with no_init_weights(), torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config)
+        # Under no_init_weights transformers leaves tied weights (tie_word_embeddings) as two
+        # tensors; a loaded model shares one. Tie here, or every count from a skeleton counts
+        # SmolLM2's 28M embedding matrix twice (162.8M where transformers says 134.5M).
+        model.tie_weights()
+    return model
 
 
 def layers_key_prefix(config) -> str:  # type: ignore[no-untyped-def]

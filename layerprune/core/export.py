@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from layerprune.core.sources import sha256_file
+from layerprune.core.units import human_bytes
 
 RECORD_NAME = "layerprune.json"
 CARD_NAME = "README.md"
@@ -106,6 +107,10 @@ def _card_body(record: Mapping[str, Any]) -> str:
             f"- Selection metric: `{prune.get('metric')}` (semantics: {prune.get('semantics', 'paper')})",
             f"- Parameters: {_fmt(prune.get('params_before'))} before, {_fmt(prune.get('params_after'))} after",
         ]
+        if record.get("size_bytes_before") and record.get("size_bytes_after"):
+            # The same rule as the CLI's and the dashboard's sizes (core.units).
+            lines.append(f"- Weights on disk: {human_bytes(record['size_bytes_before'])} before, "
+                         f"{human_bytes(record['size_bytes_after'])} after")
         rounds = prune.get("rounds") or []
         if len(rounds) > 1:
             lines.append(f"- Iterative: {len(rounds)} rounds, "

@@ -43,6 +43,8 @@ class PipelineResult:
     num_layers_after: int = 0
     params_before: int = 0
     params_after: int = 0
+    size_bytes_before: int = 0  # the weight files on disk, as core.evaluate.weights_size_bytes counts them
+    size_bytes_after: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)  # {"before", "after", "deltas"}
     prune: dict[str, Any] | None = None
     finetune: dict[str, Any] | None = None
@@ -113,6 +115,13 @@ def _with_datasets(spec: JobSpec, dataset_paths: dict[str, Path]) -> JobSpec:
     return spec.model_copy(update=update)
 
 
+def model_size_bytes(model_dir: Path) -> int:
+    """Bytes of a saved model's weight files (the evaluation reports the same figure)."""
+    from layerprune.core.evaluate import weights_size_bytes
+
+    return weights_size_bytes(model_dir)
+
+
 def model_shape(model_dir: Path) -> tuple[int, int]:
     """(decoder layers, parameters) of a saved model, from its config alone (nothing loaded)."""
     from transformers import AutoConfig
@@ -161,6 +170,7 @@ def run_pipeline(
     result = PipelineResult()
     result.num_layers_before, result.params_before = model_shape(base_dir)
     result.num_layers_after, result.params_after = result.num_layers_before, result.params_before
+    result.size_bytes_before = result.size_bytes_after = model_size_bytes(base_dir)
     _check_finetune_early(spec, result.num_layers_before, base_dir)
 
     def begin(stage: str) -> float:
@@ -197,6 +207,7 @@ def run_pipeline(
     changed = current != base_dir
     if changed:
         result.num_layers_after, result.params_after = model_shape(current)
+        result.size_bytes_after = model_size_bytes(current)
 
     if "evaluate" in stages:
         saved = _done(work_dir, "evaluate")
@@ -329,6 +340,8 @@ def _export(spec: JobSpec, source: Any, model_dir: Path, changed: bool, work_dir
         "num_layers_after": result.num_layers_after,
         "params_before": result.params_before,
         "params_after": result.params_after,
+        "size_bytes_before": result.size_bytes_before,
+        "size_bytes_after": result.size_bytes_after,
         "timings": result.timings,
         "license": (_source_info(source).get("license")),
         "output_kind": "model" if changed else "metrics",

@@ -58,11 +58,19 @@ function fmtNum(v) {
   return Math.abs(v) >= 100 ? v.toFixed(1) : v.toPrecision(4);
 }
 
+// The port of layerprune/core/units.py human_bytes (decimal units, one decimal, half up in
+// integer arithmetic): the CLI, the model card and this page print the same string for a size.
 function fmtBytes(n) {
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let i = 0;
-  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
-  return (i ? n.toFixed(1) : n) + " " + units[i];
+  if (n === null || n === undefined) return "-";
+  const sign = n < 0 ? "-" : "";
+  const whole = Math.floor(Math.abs(n) + 0.5);
+  for (const [unit, size] of [["GB", 1e9], ["MB", 1e6], ["kB", 1e3]]) {
+    if (whole >= size) {
+      const tenths = Math.floor((10 * whole + size / 2) / size);
+      return sign + Math.floor(tenths / 10) + "." + (tenths % 10) + " " + unit;
+    }
+  }
+  return sign + whole + " B";
 }
 
 function progressBar(p) {
@@ -189,6 +197,7 @@ function renderDetail() {
   const r = job.result || {};
   if (r.num_layers_before) facts.push(["layers", r.num_layers_before + " → " + r.num_layers_after]);
   if (r.params_before) facts.push(["parameters", fmtNum(r.params_before) + " → " + fmtNum(r.params_after)]);
+  if (r.size_bytes_before) facts.push(["size on disk", fmtBytes(r.size_bytes_before) + " → " + fmtBytes(r.size_bytes_after)]);
   if (r.removed_layers) facts.push(["removed layers", r.removed_layers.join(", ") || "none"]);
   const dl = $("#d-facts");
   dl.replaceChildren();
