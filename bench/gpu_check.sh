@@ -49,7 +49,7 @@ if compgen -G "$CARRY/p*/MANIFEST" >/dev/null; then
     tar -xzf "$SITE/payload.tgz" -C "$SITE/unpacked" && rm "$SITE/payload.tgz"
     # only the wheels whose package (at that version) this python lacks: all of them on the GPU
     # machine; none where the project's venv tries this procedure out (bench/gpu_prepare.sh's test)
-    mapfile -t wheels < <("${PYTHON:-python3}" - "$SITE"/unpacked/whl/*.whl <<'EOF'
+    mapfile -t wheels < <(shopt -s nullglob; "${PYTHON:-python3}" - "$SITE"/unpacked/whl/*.whl <<'EOF'
 import re, sys
 from importlib.metadata import PackageNotFoundError, version
 for whl in sys.argv[1:]:
