@@ -355,7 +355,8 @@ class Check:
                 if self.device.type != "cuda":
                     reason = "QLoRA needs a CUDA GPU (bitsandbytes 4-bit); this run is on the CPU"
                 elif importlib.util.find_spec("bitsandbytes") is None:
-                    reason = "bitsandbytes is not installed: pip install 'layerprune[gpu]' (bench/gpu_check.sh does)"
+                    reason = ("bitsandbytes is not installed: pip install 'layerprune[gpu]' (bench/gpu_check.sh does; "
+                              "offline, WITH_BNB=1 bash bench/gpu_prepare.sh carries its 41 MiB wheel)")
                 if reason:
                     runs[name] = {"status": "skipped", "reason": reason}
                     continue

