@@ -67,6 +67,10 @@ EOF
       "${PYTHON:-python3}" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target "$SITE/site" "${wheels[@]}"
     fi
+    # the wheels are pinned to the CPU venv's versions; say if one's needs clash with the machine's
+    # own packages (pyarrow for datasets, say) before a section fails on it
+    PYTHONPATH="$SITE/site" "${PYTHON:-python3}" -m pip check 2>&1 | grep -iE "pydantic|gguf|lm-eval|datasets|evaluate|dill|multiprocess|pytablewriter|rouge|nltk" \
+      | sed 's/^/==> pip check: /' || true
     echo "$sha" > "$SITE/.sha256"
   fi
   export PYTHONPATH="$PYTHONPATH:$SITE/unpacked/pkgs:$SITE/site"
