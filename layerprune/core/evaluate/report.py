@@ -17,7 +17,8 @@ def compare_results(before: dict[str, Any], after: dict[str, Any]) -> dict[str, 
     (generative tasks: ``exact_match,<filter>``; LAMBADA: acc and perplexity, which also gets
     ``ratio``).
 
-    Perplexity also gets ``ratio`` (after / before). Tasks present in only one result are left out:
+    Perplexity also gets ``ratio`` (after / before); so does each measured speed figure, under
+    ``speed`` when both sides measured it (``ratio`` > 1: faster after). Tasks present in only one result are left out:
     a comparison needs both sides scored the same way.
     """
     out: dict[str, Any] = {"perplexity": None, "tasks": {}}
@@ -36,6 +37,10 @@ def compare_results(before: dict[str, Any], after: dict[str, Any]) -> dict[str, 
                 out["tasks"][task][m]["ratio"] = ra[m] / rb[m]
     for key in ("params", "size_bytes", "num_layers", "generation_tokens_per_s"):
         out[key] = _delta(before.get(key), after.get(key))
+    if before.get("speed") and after.get("speed"):
+        from layerprune.core.evaluate.speed import compare_speed
+
+        out["speed"] = compare_speed(before["speed"], after["speed"])
     if before.get("params") and after.get("params"):
         out["params"]["ratio"] = after["params"] / before["params"]
     return out
