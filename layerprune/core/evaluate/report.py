@@ -44,3 +44,23 @@ def compare_results(before: dict[str, Any], after: dict[str, Any]) -> dict[str, 
     if before.get("params") and after.get("params"):
         out["params"]["ratio"] = after["params"] / before["params"]
     return out
+
+
+def speed_rows(metrics: Any) -> list[tuple[str, float | None, float | None, float | None]]:
+    """``(label, before, after, speed-up)`` per measured speed figure of a job's ``metrics``.
+
+    Labels read "prefill tok/s (batch 1)"; the speed-up is ``deltas.speed``'s ratio (after / before).
+    """
+    if not isinstance(metrics, dict):
+        return []
+    sides = [(metrics.get(k) or {}).get("speed") or {} for k in ("before", "after")]
+    ratios = ((metrics.get("deltas") or {}).get("speed") or {}).get("batches") or {}
+    batches = list(sides[1].get("batches") or sides[0].get("batches") or {})
+    rows = []
+    for stage in ("prefill", "decode"):
+        key = f"{stage}_tokens_per_s"
+        for b in batches:
+            b_fig, a_fig = ((side.get("batches") or {}).get(b, {}).get(key) for side in sides)
+            ratio = (ratios.get(b) or {}).get(key, {}).get("ratio")
+            rows.append((f"{stage} tok/s (batch {b})", b_fig, a_fig, ratio))
+    return rows
