@@ -93,3 +93,10 @@ def test_evaluate_model_with_only_speed(tiny_dirs) -> None:
     assert res["perplexity"] is None and res["tasks"] == {}
     assert res["speed"]["batches"]["1"]["decode_tokens_per_s"] > 0 and "speed_s" in res["timings"]
     assert "speed" not in evaluate_model(tiny_dirs("llama"), EvaluateSpec(speed=SMALL), device="cpu", with_speed=False)
+
+
+def test_generation_tokens_per_s_is_the_batch_1_decode_figure() -> None:
+    # evaluate_model reports it on CUDA only; the measurement itself is device-agnostic.
+    from layerprune.core.evaluate.speed import generation_tokens_per_s
+
+    assert generation_tokens_per_s(tiny_model("llama"), new_tokens=4) > 0

@@ -90,6 +90,7 @@ def measure_speed(models: Sequence[Any], spec: SpeedSpec, hooks: Hooks = NO_HOOK
     runs: list[dict[int, tuple[list[float], list[float]]]] = [{b: ([], []) for b in spec.batch_sizes} for _ in models]
     rounds = spec.warmup + spec.repeats
     for r in range(rounds):
+        # Interleaved, alternating who goes first: drift on a shared machine hits both alike.
         order = list(range(len(models)))
         if r % 2 == 1:
             order.reverse()
