@@ -90,13 +90,14 @@ def measure_speed(models: Sequence[Any], spec: SpeedSpec, hooks: Hooks = NO_HOOK
     runs: list[dict[int, tuple[list[float], list[float]]]] = [{b: ([], []) for b in spec.batch_sizes} for _ in models]
     rounds = spec.warmup + spec.repeats
     for r in range(rounds):
-        # Interleaved, alternating who goes first: drift on a shared machine hits both alike.
+        # Interleaved at the finest grain, alternating who goes first: the models' passes at one batch
+        # size run back to back, so drift on a shared machine hits both alike.
         order = list(range(len(models)))
         if r % 2 == 1:
             order.reverse()
-        for i in order:
-            device = next(models[i].parameters()).device
-            for b in spec.batch_sizes:
+        for b in spec.batch_sizes:
+            for i in order:
+                device = next(models[i].parameters()).device
                 prefill_s, decode_s = _one_pass(models[i], ids[b].to(device), spec.new_tokens)
                 if r >= spec.warmup:
                     runs[i][b][0].append(prefill_s)
