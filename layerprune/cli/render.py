@@ -117,7 +117,7 @@ def _side_of(path: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
 
 
 def _is_score(path: tuple[str, ...]) -> bool:
-    if not path or path[0] in _SHAPE_KEYS:
+    if not path or path[0] in _SHAPE_KEYS or path[0] == "speed":  # speed: its own rows (_speed_rows)
         return False
     for part in path:
         low = part.lower()
@@ -230,6 +230,7 @@ def summary_table(result: Mapping[str, Any], artifacts: Sequence[Mapping[str, An
                 _change(name, before, after, relative=False),
             ]
         )
+    rows += _speed_rows(result.get("metrics"))
     text = table(["", "before", "after", "change"], rows, "lrrr")
     sizes = _task_sizes(result.get("metrics"))
     if sizes:
@@ -244,6 +245,24 @@ def summary_table(result: Mapping[str, Any], artifacts: Sequence[Mapping[str, An
     if removed:
         text += "\nremoved layers (original numbering): " + ", ".join(str(i) for i in removed)
     return text
+
+
+def _speed_rows(metrics: Any) -> list[list[str]]:
+    """Measured tokens/s (higher is better), change = the speed-up after / before (``deltas.speed``'s ratio)."""
+    if not isinstance(metrics, Mapping):
+        return []
+    sides = [(metrics.get(k) or {}).get("speed") or {} for k in ("before", "after")]
+    ratios = ((metrics.get("deltas") or {}).get("speed") or {}).get("batches") or {}
+    batches = list(sides[1].get("batches") or sides[0].get("batches") or {})
+    rows = []
+    for stage in ("prefill", "decode"):
+        key = f"{stage}_tokens_per_s"
+        for b in batches:
+            before, after = ((side.get("batches") or {}).get(b, {}).get(key) for side in sides)
+            ratio = (ratios.get(b) or {}).get(key, {}).get("ratio")
+            rows.append([f"{stage} tok/s (batch {b})", f"{before:.1f}" if before is not None else "-",
+                         f"{after:.1f}" if after is not None else "-", f"x{ratio:.2f}" if ratio is not None else ""])
+    return rows
 
 
 def _has_generative(metrics: Any) -> bool:

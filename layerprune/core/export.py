@@ -146,7 +146,7 @@ def _card_body(record: Mapping[str, Any]) -> str:
         lines += ["## Healing", "", "```json", json.dumps(finetune, indent=2, default=str)[:4000], "```", ""]
     metrics = _part(record, "metrics")
     if metrics:
-        lines += ["## Evaluation", ""] + _task_table(metrics) + ["```json", json.dumps(metrics, indent=2, default=str)[:4000], "```", ""]
+        lines += ["## Evaluation", ""] + _task_table(metrics) + _speed_table(metrics) + ["```json", json.dumps(metrics, indent=2, default=str)[:4000], "```", ""]
     lines += ["## Provenance", "",
               f"Base model `{base.get('ref')}` (revision {base.get('revision')}); sha256 of every input file, the "
               f"spec, scores, calibration data and library versions are in `{RECORD_NAME}`.", ""]
@@ -175,6 +175,28 @@ def _task_table(metrics: Mapping[str, Any]) -> list[str]:
             rows.append(f"| {task} | {metric} | {'higher' if higher else 'lower'} | {_fmt(b)} | {_fmt(a)} | "
                         f"{change} | {res.get('n', '')} |")
     return rows + [""]
+
+
+def _speed_table(metrics: Mapping[str, Any]) -> list[str]:
+    """Measured prefill/decode tokens/s before and after, and the speed-up (after / before)."""
+    from layerprune.core.evaluate.report import speed_rows
+
+    rows = speed_rows(dict(metrics))
+    if not rows:
+        return []
+    after = (metrics.get("after") or {}).get("speed") or (metrics.get("before") or {}).get("speed") or {}
+    cfg = after.get("settings") or {}
+    out = ["| speed (higher is better) | before | after | speed-up |", "|---|---:|---:|---:|"]
+    for label, b, a, ratio in rows:
+        out.append(f"| {label} | {_tok_s(b)} | {_tok_s(a)} | {f'x{ratio:.2f}' if ratio is not None else ''} |")
+    return out + ["", f"Speed measured on {after.get('device')} ({after.get('dtype')}, {after.get('threads')} threads): "
+                  f"{cfg.get('prompt_tokens')}-token prompts, {cfg.get('new_tokens')} greedy new tokens, median of "
+                  f"{cfg.get('repeats')} runs after {cfg.get('warmup')} warm-up"
+                  f"{', before and after interleaved' if cfg.get('interleaved') else ''}.", ""]
+
+
+def _tok_s(x: Any) -> str:
+    return f"{x:.1f}" if isinstance(x, int | float) else "–"
 
 
 def write_model_card_and_record(out_dir: Path, record: dict[str, Any]) -> None:

@@ -311,10 +311,20 @@ def _run_evaluate(spec: JobSpec, base_dir: Path, model_dir: Path, changed: bool,
             before = json.loads(base_marker.read_text(encoding="utf-8"))
         else:
             hooks.info("evaluating the input model for comparison")
-            before = evaluate_model(base_dir, spec.evaluate, hooks)
+            before = evaluate_model(base_dir, spec.evaluate, hooks, with_speed=False)
             write_json_atomic(base_marker, before)
     hooks.check()
-    after = evaluate_model(model_dir, spec.evaluate, hooks)
+    after = evaluate_model(model_dir, spec.evaluate, hooks, with_speed=False)
+    if spec.evaluate.speed is not None:
+        # Measured together, in this process with the same settings (interleaved on CPU: speed.py).
+        from layerprune.core.evaluate.speed import measure_model_dirs
+
+        hooks.info("measuring prefill and decode speed")
+        dirs = [base_dir, model_dir] if before is not None else [model_dir]
+        figures = measure_model_dirs(dirs, spec.evaluate.speed, hooks)
+        if before is not None:
+            before["speed"] = figures[0]
+        after["speed"] = figures[-1]
     deltas = compare_results(before, after) if before is not None else None
     return {"before": before, "after": after, "deltas": deltas}
 

@@ -316,6 +316,27 @@ class PerplexitySpec(_Strict):
     max_windows: int | None = Field(None, ge=1)
 
 
+class SpeedSpec(_Strict):
+    """Measured throughput: prefill and greedy decode tokens/s at each batch size, before and after.
+
+    The defaults take seconds on a 135M model on CPU and are still meaningful on a GPU.
+    """
+
+    prompt_tokens: int = Field(128, ge=1, le=32_768)
+    new_tokens: int = Field(32, ge=1, le=4096)
+    batch_sizes: list[Annotated[int, Field(ge=1, le=1024)]] = Field(default_factory=lambda: [1, 8], min_length=1,
+                                                                    max_length=8)
+    repeats: int = Field(3, ge=1, le=50)
+    warmup: int = Field(1, ge=0, le=10)
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _unique_batches(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("batch_sizes has duplicates")
+        return v
+
+
 class EvaluateSpec(_Strict):
     perplexity: PerplexitySpec | None = None
     tasks: list[TaskName] = Field(default_factory=list)
@@ -329,6 +350,15 @@ class EvaluateSpec(_Strict):
     # The GSM8K train split stock 'gsm8k' draws its 5 examples from: an uploaded file id, a local
     # .jsonl/.json/.parquet path, or null for the hub copy openai/gsm8k (not bundled).
     gsm8k_train: str | None = Field(None, min_length=1, max_length=4096)
+    # Prefill/decode tokens/s before and after (true: the defaults; false/absent: not measured).
+    speed: SpeedSpec | None = None
+
+    @field_validator("speed", mode="before")
+    @classmethod
+    def _speed_switch(cls, v: Any) -> Any:
+        if v is True:
+            return {}
+        return None if v is False else v
 
     @field_validator("tasks")
     @classmethod
@@ -339,8 +369,8 @@ class EvaluateSpec(_Strict):
 
     @model_validator(mode="after")
     def _something(self) -> EvaluateSpec:
-        if self.perplexity is None and not self.tasks:
-            raise SpecError("evaluate needs 'perplexity' and/or 'tasks'", param="evaluate")
+        if self.perplexity is None and not self.tasks and self.speed is None:
+            raise SpecError("evaluate needs 'perplexity', 'tasks' and/or 'speed'", param="evaluate")
         if self.apply_chat_template:
             for i, task in enumerate(self.tasks):
                 if task not in GENERATIVE_TASKS:

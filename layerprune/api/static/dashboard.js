@@ -297,14 +297,32 @@ function lowerIsBetter(key, metrics) {
   return key.startsWith("perplexity") || parts[parts.length - 1].startsWith("perplexity");
 }
 
+// Measured speed (evaluate.speed): "decode tok/s (batch 1)" for speed.batches.1.decode_tokens_per_s;
+// null for its settings, seconds and thread count, which are not compared.
+function speedLabel(key) {
+  const m = /^speed\.batches\.([^.]+)\.(prefill|decode)_tokens_per_s$/.exec(key);
+  return m ? m[2] + " tok/s (batch " + m[1] + ")" : null;
+}
+
 function renderMetrics(metrics) {
   const before = flatten(metrics.before, "", {});
   const after = flatten(metrics.after, "", {});
-  const keys = [...new Set([...Object.keys(before), ...Object.keys(after)])].sort();
+  const keys = [...new Set([...Object.keys(before), ...Object.keys(after)])].sort()
+    .filter((k) => !k.startsWith("speed.") || speedLabel(k));
   const body = $("#d-metrics tbody");
   body.replaceChildren();
   for (const k of keys) {
     const b = before[k], a = after[k];
+    if (speedLabel(k)) {
+      // Higher is better; the change is the speed-up after / before, as deltas.speed computed it.
+      const parts = k.split(".");
+      const ratio = ((((((metrics.deltas || {}).speed || {}).batches || {})[parts[2]] || {})[parts[3]]) || {}).ratio;
+      const cls = typeof ratio !== "number" || ratio === 1 ? "" : ratio > 1 ? "delta-good" : "delta-bad";
+      body.append(el("tr", { "data-metric": k }, el("td", { class: "mono", text: speedLabel(k) }),
+        el("td", { text: fmtNum(b) }), el("td", { text: fmtNum(a) }),
+        el("td", { class: cls, text: typeof ratio === "number" ? "×" + ratio.toFixed(2) : "—" })));
+      continue;
+    }
     const d = typeof a === "number" && typeof b === "number" ? a - b : null;
     // Lower perplexity is better; higher accuracy is better.
     const better = d === null || d === 0 ? "" : (lowerIsBetter(k, metrics) ? d < 0 : d > 0) ? "delta-good" : "delta-bad";
@@ -384,5 +402,5 @@ $("#status-filter").addEventListener("change", refreshJobs);
 $("#d-cancel").addEventListener("click", cancelJob);
 $("#d-delete").addEventListener("click", deleteArtifacts);
 window.addEventListener("hashchange", () => { const id = location.hash.slice(1); if (id) select(id); });
-window.layerpruneDashboard = { downloadLink, state, refreshJobs, refreshDetail, renderChart };
+window.layerpruneDashboard = { downloadLink, state, refreshJobs, refreshDetail, renderChart, renderMetrics };
 start();

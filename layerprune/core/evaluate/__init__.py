@@ -35,8 +35,8 @@ def check_evaluate_spec(spec: EvaluateSpec) -> None:
     pydantic already checks these on a parsed spec; this also covers specs built without
     validation (``model_construct``) and checks that a local perplexity file can be read.
     """
-    if spec.perplexity is None and not spec.tasks:
-        raise SpecError("evaluate needs 'perplexity' and/or 'tasks'", param="evaluate")
+    if spec.perplexity is None and not spec.tasks and spec.speed is None:
+        raise SpecError("evaluate needs 'perplexity', 'tasks' and/or 'speed'", param="evaluate")
     for i, name in enumerate(spec.tasks):
         if name not in TASK_NAMES:
             raise SpecError(f"unknown task '{name}'; supported: {', '.join(TASK_NAMES)}", param=f"evaluate.tasks[{i}]")
@@ -83,23 +83,6 @@ def weights_size_bytes(model_dir: Path) -> int:
     return sum(p.stat().st_size for p in Path(model_dir).iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
 
 
-def generation_tokens_per_s(model: Any, tokenizer: Any, new_tokens: int = 128) -> float:
-    """Greedy generation speed (tokens/s, batch 1, KV cache) after one warm-up run."""
-    import torch
-
-    device = next(model.parameters()).device
-    ids = tokenizer("The history of the city begins", return_tensors="pt").to(device)
-    kwargs = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False}
-    model.generate(**ids, max_new_tokens=8, min_new_tokens=8, do_sample=False)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    model.generate(**ids, **kwargs)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return new_tokens / (time.perf_counter() - t0)
-
-
 def evaluate_model(
     model_dir: Path,
     spec: EvaluateSpec,
@@ -108,6 +91,7 @@ def evaluate_model(
     device: Any = None,
     model: Any = None,
     tokenizer: Any = None,
+    with_speed: bool = True,
 ) -> dict[str, Any]:
     """Perplexity and/or zero-shot task scores of the model in ``model_dir`` (JSON-serialisable).
 
@@ -115,6 +99,8 @@ def evaluate_model(
     acc_norm_stderr, n}} (generative tasks: their own metric keys and ``higher_is_better``), "params", "size_bytes", "num_layers", "generation_tokens_per_s"
     (CUDA only, else None), "timings": {...}}``. ``model``/``tokenizer`` may be passed in
     to skip loading; ``device`` defaults to CUDA when present (bf16), else CPU (fp32).
+    With ``spec.speed`` (and ``with_speed``), ``"speed"`` holds this model's measured tokens/s
+    (speed.py); the pipeline passes ``with_speed=False`` and measures before and after together.
     """
     from layerprune.core.architecture import count_params, num_layers_of
     from layerprune.core.evaluate.multiple_choice import run_tasks
@@ -164,8 +150,16 @@ def evaluate_model(
     result["num_layers"] = num_layers_of(model.config)
     result["generation_tokens_per_s"] = None
     if next(model.parameters()).device.type == "cuda":
+        from layerprune.core.evaluate.speed import generation_tokens_per_s
+
         t = time.perf_counter()
-        result["generation_tokens_per_s"] = generation_tokens_per_s(model, tokenizer)
+        result["generation_tokens_per_s"] = generation_tokens_per_s(model)
         timings["generation_s"] = time.perf_counter() - t
+    if spec.speed is not None and with_speed:
+        from layerprune.core.evaluate.speed import measure_speed
+
+        t = time.perf_counter()
+        result["speed"] = measure_speed([model], spec.speed, hooks)[0]
+        timings["speed_s"] = time.perf_counter() - t
     result["timings"] = timings
     return result

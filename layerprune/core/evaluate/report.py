@@ -17,7 +17,8 @@ def compare_results(before: dict[str, Any], after: dict[str, Any]) -> dict[str, 
     (generative tasks: ``exact_match,<filter>``; LAMBADA: acc and perplexity, which also gets
     ``ratio``).
 
-    Perplexity also gets ``ratio`` (after / before). Tasks present in only one result are left out:
+    Perplexity also gets ``ratio`` (after / before); so does each measured speed figure, under
+    ``speed`` when both sides measured it (``ratio`` > 1: faster after). Tasks present in only one result are left out:
     a comparison needs both sides scored the same way.
     """
     out: dict[str, Any] = {"perplexity": None, "tasks": {}}
@@ -36,6 +37,30 @@ def compare_results(before: dict[str, Any], after: dict[str, Any]) -> dict[str, 
                 out["tasks"][task][m]["ratio"] = ra[m] / rb[m]
     for key in ("params", "size_bytes", "num_layers", "generation_tokens_per_s"):
         out[key] = _delta(before.get(key), after.get(key))
+    if before.get("speed") and after.get("speed"):
+        from layerprune.core.evaluate.speed import compare_speed
+
+        out["speed"] = compare_speed(before["speed"], after["speed"])
     if before.get("params") and after.get("params"):
         out["params"]["ratio"] = after["params"] / before["params"]
     return out
+
+
+def speed_rows(metrics: Any) -> list[tuple[str, float | None, float | None, float | None]]:
+    """``(label, before, after, speed-up)`` per measured speed figure of a job's ``metrics``.
+
+    Labels read "prefill tok/s (batch 1)"; the speed-up is ``deltas.speed``'s ratio (after / before).
+    """
+    if not isinstance(metrics, dict):
+        return []
+    sides = [(metrics.get(k) or {}).get("speed") or {} for k in ("before", "after")]
+    ratios = ((metrics.get("deltas") or {}).get("speed") or {}).get("batches") or {}
+    batches = list(sides[1].get("batches") or sides[0].get("batches") or {})
+    rows = []
+    for stage in ("prefill", "decode"):
+        key = f"{stage}_tokens_per_s"
+        for b in batches:
+            b_fig, a_fig = ((side.get("batches") or {}).get(b, {}).get(key) for side in sides)
+            ratio = (ratios.get(b) or {}).get(key, {}).get("ratio")
+            rows.append((f"{stage} tok/s (batch {b})", b_fig, a_fig, ratio))
+    return rows
