@@ -248,21 +248,14 @@ def summary_table(result: Mapping[str, Any], artifacts: Sequence[Mapping[str, An
 
 
 def _speed_rows(metrics: Any) -> list[list[str]]:
-    """Measured tokens/s (higher is better), change = the speed-up after / before (``deltas.speed``'s ratio)."""
+    """Measured tokens/s (higher is better), change = the speed-up (one source: core.evaluate.report)."""
+    from layerprune.core.evaluate.report import speed_rows  # torch-free
+
     if not isinstance(metrics, Mapping):
         return []
-    sides = [(metrics.get(k) or {}).get("speed") or {} for k in ("before", "after")]
-    ratios = ((metrics.get("deltas") or {}).get("speed") or {}).get("batches") or {}
-    batches = list(sides[1].get("batches") or sides[0].get("batches") or {})
-    rows = []
-    for stage in ("prefill", "decode"):
-        key = f"{stage}_tokens_per_s"
-        for b in batches:
-            before, after = ((side.get("batches") or {}).get(b, {}).get(key) for side in sides)
-            ratio = (ratios.get(b) or {}).get(key, {}).get("ratio")
-            rows.append([f"{stage} tok/s (batch {b})", f"{before:.1f}" if before is not None else "-",
-                         f"{after:.1f}" if after is not None else "-", f"x{ratio:.2f}" if ratio is not None else ""])
-    return rows
+    return [[label, f"{before:.1f}" if before is not None else "-", f"{after:.1f}" if after is not None else "-",
+             f"x{ratio:.2f}" if ratio is not None else ""]
+            for label, before, after, ratio in speed_rows(dict(metrics))]
 
 
 def _has_generative(metrics: Any) -> bool:
