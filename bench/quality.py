@@ -168,7 +168,7 @@ def run_recipe(name: str, recipe: dict[str, Any], args: argparse.Namespace, root
         "heal_cpu_s": round(stage_cpu.get("finetune", 0.0), 1),
         "job_wall_s": round(time.perf_counter() - t0, 1),
         "heal_loss": (result.get("finetune") or {}).get("final_loss"),
-        "replace_fit": (result.get("prune") or {}).get("replace"),
+        "replace_fit": (result.get("prune") or {}).get("replacement"),
     }
     row.update(evaluate(work / OUTPUT_DIR, args))
     return row
