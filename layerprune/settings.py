@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     database_url: str = ""  # default: sqlite under data_dir
     broker_url: str = ""  # default: filesystem transport under data_dir
     storage_dir: Path | None = None  # default: data_dir/artifacts
+    # Layer scores and base evaluations shared between jobs (worker/cache.py); default data_dir/cache.
+    # Workers on several hosts share them when this folder is shared (a file system with flock).
+    cache_dir: Path | None = None
+    max_study_candidates: int = Field(64, ge=1, le=1000)  # jobs one POST /v1/studies may create
     storage_url: str = ""  # "" = local storage_dir; "s3://bucket/prefix" for object storage
     s3_endpoint_url: str | None = None
     model_roots: str = ""  # os.pathsep-separated folders that "model" paths may name
@@ -138,6 +142,10 @@ class Settings(BaseSettings):
     @property
     def uploads_dir(self) -> Path:
         return self.data_dir / "uploads"
+
+    @property
+    def effective_cache_dir(self) -> Path:
+        return (self.cache_dir or self.data_dir / "cache").expanduser().resolve()
 
     @property
     def work_dir(self) -> Path:

@@ -317,7 +317,19 @@ def deliver_one(session_factory: Callable[[], Any], delivery_id: str, *, setting
             session.commit()
             return "failed"
         hook = (job.spec or {}).get("webhook") or {}
-        body = json.dumps({"type": row.event_type, "timestamp": _iso(_now()), "data": job_object(job)},
+        data = job_object(job)
+        if row.study_id is not None:  # a study's delivery: the study object, signed with its secret
+            from layerprune.api.study_jobs import study_public
+            from layerprune.db.models import Study
+
+            study = session.get(Study, row.study_id)
+            if study is None:
+                row.status, row.last_error = "failed", "study deleted"
+                session.commit()
+                return "failed"
+            hook = (study.spec or {}).get("webhook") or {}
+            data = study_public(session, study)
+        body = json.dumps({"type": row.event_type, "timestamp": _iso(_now()), "data": data},
                           separators=(",", ":"), sort_keys=True).encode()
         attempt = row.attempts
     try:

@@ -23,7 +23,7 @@ from layerprune.api.body_timeout import BodyTimeoutMiddleware
 from layerprune.api.deps import install_sessions, limit_threads
 from layerprune.api.errors import install_error_handlers
 from layerprune.api.openapi import install_openapi
-from layerprune.api.routes import artifacts, dashboard, events, files, health, jobs, retention
+from layerprune.api.routes import artifacts, dashboard, events, files, health, jobs, retention, studies
 from layerprune.db.keys import key_secret
 from layerprune.logs import bind, configure_logging
 from layerprune.settings import Settings, get_settings
@@ -104,7 +104,7 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Tru
     install_error_handlers(app)
     install_openapi(app)
     for router in (jobs.router, events.router, artifacts.router, files.router, health.router,
-                   retention.router, dashboard.router):
+                   retention.router, dashboard.router, studies.router):
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_spec_bytes)
     app.add_middleware(BodyTimeoutMiddleware, seconds=settings.request_body_timeout_seconds)

@@ -52,6 +52,10 @@ class Housekeeper(threading.Thread):
                         reaped = reap_expired(session)
                     if reaped:
                         log.warning("re-queued or failed jobs with expired leases", extra={"job_ids": reaped})
+                    from layerprune.db.studies import finalize_finished
+
+                    with self.session_factory() as session:
+                        finalize_finished(session)
                     from layerprune.db.idempotency import purge_expired
 
                     with self.session_factory() as session:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from layerprune.core.hooks import Hooks
+from layerprune.core.scoring.cache import ResultCache
 from layerprune.core.spec import JobSpec
 
 STAGES = ("prune", "finetune", "evaluate", "export")
@@ -156,11 +157,14 @@ def run_pipeline(
     *,
     dataset_paths: dict[str, Path] | None = None,
     on_stage: Callable[[str], None] | None = None,
+    cache: ResultCache | None = None,
 ) -> dict[str, Any]:
     """Run ``spec``'s stages on ``source`` (a ModelSource: ``.local_dir``) and return the job result.
 
     Stages already finished in ``work_dir`` (an earlier attempt) are skipped; their saved outputs
-    are reused. Raises core's typed errors (LayerPruneError) or Cancelled.
+    are reused. Raises core's typed errors (LayerPruneError) or Cancelled. With a ``cache``
+    (core.scoring.cache), the input model's layer scores and its evaluation are shared with
+    other jobs on the same model content and settings.
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -171,6 +175,7 @@ def run_pipeline(
     result.num_layers_before, result.params_before = model_shape(base_dir)
     result.num_layers_after, result.params_after = result.num_layers_before, result.params_before
     result.size_bytes_before = result.size_bytes_after = model_size_bytes(base_dir)
+    model_id = _model_id(source) if cache is not None else None
     _check_finetune_early(spec, result.num_layers_before, base_dir)
 
     def begin(stage: str) -> float:
@@ -192,7 +197,7 @@ def run_pipeline(
 
     current = base_dir
     if "prune" in stages:
-        saved = run_stage("prune", lambda: _run_prune(spec, base_dir, work_dir, hooks))
+        saved = run_stage("prune", lambda: _run_prune(spec, base_dir, work_dir, hooks, cache, model_id))
         result.prune = saved
         result.removed_layers = list(saved.get("removed_layers", []))
         result.layer_scores = saved.get("layer_scores")
@@ -213,7 +218,7 @@ def run_pipeline(
         saved = _done(work_dir, "evaluate")
         if saved is None:
             t0 = begin("evaluate")
-            saved = _run_evaluate(spec, base_dir, current, changed, work_dir, hooks)
+            saved = _run_evaluate(spec, base_dir, current, changed, work_dir, hooks, cache, model_id)
             saved["seconds"] = time.monotonic() - t0
             write_json_atomic(_marker(work_dir, "evaluate"), saved)
             result.timings["evaluate"] = saved["seconds"]
@@ -256,7 +261,15 @@ def _check_finetune_early(spec: JobSpec, num_layers: int, base_dir: Path) -> Non
                            "nf4" if quantized else str(dtype).removeprefix("torch."))
 
 
-def _run_prune(spec: JobSpec, model_dir: Path, work_dir: Path, hooks: Hooks) -> dict[str, Any]:
+def _model_id(source: Any) -> str | None:
+    from layerprune.core.scoring.cache import model_identity
+
+    files = getattr(source, "files", None)
+    return model_identity(files) if files else None
+
+
+def _run_prune(spec: JobSpec, model_dir: Path, work_dir: Path, hooks: Hooks, cache: ResultCache | None = None,
+               model_id: str | None = None) -> dict[str, Any]:
     from layerprune.core.prune import prune_model
 
     assert spec.prune is not None
@@ -265,7 +278,7 @@ def _run_prune(spec: JobSpec, model_dir: Path, work_dir: Path, hooks: Hooks) -> 
     heal_round = None
     if spec.prune.heal_between_rounds and spec.finetune is not None and spec.finetune.method != "none":
         heal_round = _heal_round_fn(spec, model_dir, work_dir, hooks)
-    res = prune_model(model_dir, spec.prune, out_dir, hooks, heal_round=heal_round)
+    res = prune_model(model_dir, spec.prune, out_dir, hooks, heal_round=heal_round, cache=cache, model_id=model_id)
     return dict(res.to_dict())
 
 
@@ -298,8 +311,34 @@ def _run_finetune(spec: JobSpec, model_dir: Path, base_dir: Path, work_dir: Path
     return dict(res.to_dict())
 
 
+def _base_evaluation(spec: JobSpec, base_dir: Path, hooks: Hooks, cache: ResultCache | None,
+                     model_id: str | None) -> dict[str, Any]:
+    """The input model's evaluation (no speed: that is measured beside the other model), shared
+    through ``cache`` with every job that evaluates the same model content the same way."""
+    from layerprune.core.evaluate import evaluate_model
+    from layerprune.core.scoring.cache import BASE_EVALUATION, cache_key
+
+    assert spec.evaluate is not None
+    if cache is None or model_id is None:
+        return evaluate_model(base_dir, spec.evaluate, hooks, with_speed=False)
+    from layerprune.core.device import pick_device, pick_dtype
+
+    device = pick_device()
+    settings = spec.evaluate.model_dump(mode="json", exclude={"speed", "compare_base"})
+    key = {"model": model_id, "evaluate": settings, "device": device.type, "dtype": str(pick_dtype(device))}
+    value, hit = cache.get_or_compute(BASE_EVALUATION, key,
+                                      lambda: evaluate_model(base_dir, spec.evaluate, hooks, with_speed=False),
+                                      check=hooks.check)
+    data = {"cache": BASE_EVALUATION, "outcome": "hit" if hit else "computed", "key": cache_key(BASE_EVALUATION, key)[:16]}
+    if hit:
+        hooks.info("the input model's evaluation reused (computed by an earlier job with the same settings)", **data)
+    else:
+        hooks.info("evaluated the input model; kept for later jobs with the same settings", **data)
+    return dict(value)
+
+
 def _run_evaluate(spec: JobSpec, base_dir: Path, model_dir: Path, changed: bool, work_dir: Path,
-                  hooks: Hooks) -> dict[str, Any]:
+                  hooks: Hooks, cache: ResultCache | None = None, model_id: str | None = None) -> dict[str, Any]:
     from layerprune.core.evaluate import compare_results, evaluate_model
 
     assert spec.evaluate is not None
@@ -311,10 +350,12 @@ def _run_evaluate(spec: JobSpec, base_dir: Path, model_dir: Path, changed: bool,
             before = json.loads(base_marker.read_text(encoding="utf-8"))
         else:
             hooks.info("evaluating the input model for comparison")
-            before = evaluate_model(base_dir, spec.evaluate, hooks, with_speed=False)
+            before = _base_evaluation(spec, base_dir, hooks, cache, model_id)
             write_json_atomic(base_marker, before)
     hooks.check()
-    after = evaluate_model(model_dir, spec.evaluate, hooks, with_speed=False)
+    # Unchanged (evaluate-only): the model is the input, whose evaluation other jobs may share.
+    after = (evaluate_model(model_dir, spec.evaluate, hooks, with_speed=False) if changed
+             else _base_evaluation(spec, base_dir, hooks, cache, model_id))
     if spec.evaluate.speed is not None:
         # Measured together, in this process with the same settings (interleaved on CPU: speed.py).
         from layerprune.core.evaluate.speed import measure_model_dirs

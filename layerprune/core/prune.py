@@ -30,12 +30,15 @@ import torch
 from layerprune.core.architecture import count_params, meta_model, num_layers_of
 from layerprune.core.errors import DatasetError
 from layerprune.core.hooks import NO_HOOKS, Hooks
+from layerprune.core.scoring.cache import ResultCache
 from layerprune.core.sources import check_model_dir
 from layerprune.core.spec import PruneSpec, resolve_layer_count
 
 # Metrics whose choice needs no forward pass: position, seed, a list, or weights read from files.
 ON_DISK_METRICS = frozenset({"reverse_order", "random", "manual", "magnitude_l1", "magnitude_l2"})
 CALIBRATED_METRICS = frozenset({"taylor", "ppl", "block_influence", "angular"})
+# Metrics whose scores are worth sharing between jobs (core.scoring.cache).
+SCORED_METRICS = CALIBRATED_METRICS | {"magnitude_l1", "magnitude_l2"}
 
 HealRound = Callable[[Path, int], Any]
 """heal_round(pruned_dir, round_index) -> directory of the healed model (a Path or str)."""
@@ -99,6 +102,7 @@ class _Scorer:
         self.calibration: torch.Tensor | None = None
         self.file_scores: list[float] | None = None  # per layer of the directory they were read from
         self.model_dir: Path | None = None  # where ``model`` was loaded from
+        self.pending_dir: Path | None = None  # where ``model`` will be loaded from on first use
         self.intact = False  # ``model`` still has every layer of ``model_dir``
 
     def load(self, model_dir: Path) -> None:
@@ -114,13 +118,28 @@ class _Scorer:
             return
         if metric not in CALIBRATED_METRICS:
             return
+        # Loaded on first use: scores found in a cache need no model at all.
+        self.release()  # drop the previous round's model before loading the next
+        self.pending_dir = model_dir
+
+    def _ensure_model(self) -> None:
+        if self.pending_dir is None:
+            return
         from layerprune.core.loading import load_model
 
-        self.release()  # drop the previous round's model before loading the next
+        t0 = time.monotonic()
+        model_dir, self.pending_dir = self.pending_dir, None
         self.model, tokenizer = load_model(model_dir, device=self.device)
         self.model_dir, self.intact = model_dir, True
         self.timings["load"] = self.timings.get("load", 0.0) + time.monotonic() - t0
         self._calibrate(tokenizer)
+
+    def calibrate_only(self, model_dir: Path) -> None:
+        """The calibration ids alone (tokenizer, no model): their provenance when the scores were cached."""
+        from layerprune.core.loading import load_tokenizer
+
+        if self.calibration is None and self.spec.metric in CALIBRATED_METRICS:
+            self._calibrate(load_tokenizer(model_dir))
 
     def _calibrate(self, tokenizer: Any) -> None:
         from layerprune.core.scoring import calibration_batches
@@ -139,6 +158,8 @@ class _Scorer:
         calibration data, for fitting replacement maps."""
         from layerprune.core.loading import load_model
 
+        if self.pending_dir == model_dir:
+            self._ensure_model()
         if self.model is None or not self.intact or self.model_dir != model_dir:
             self.release()
             t0 = time.monotonic()
@@ -159,6 +180,7 @@ class _Scorer:
             return [None] * len(on_disk_index)
         if self.file_scores is not None:
             return [self.file_scores[i] for i in on_disk_index]
+        self._ensure_model()
         t0 = time.monotonic()
         out = score_layers(self.model, metric, calibration=self.calibration, semantics=self.spec.semantics,
                            hooks=self.hooks, block_size=block_size, batch_size=self.spec.calibration.batch_size)
@@ -168,11 +190,13 @@ class _Scorer:
     def release(self) -> None:
         """Free the scoring model (before healing loads its own copy, and at the end)."""
         self.model = None
+        self.pending_dir = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
     def drop(self, current: list[int]) -> None:
         """Remove layers (current numbering) from the model in memory, for the next round's scores."""
+        self._ensure_model()  # the first round's scores may have come from a cache
         if self.model is not None:
             from layerprune.core.removal import remove_layers
 
@@ -181,7 +205,8 @@ class _Scorer:
 
 
 def prune_model(source_dir: Path, spec: PruneSpec, out_dir: Path, hooks: Hooks = NO_HOOKS, *,
-                heal_round: HealRound | None = None, device: Any = None) -> PruneResult:
+                heal_round: HealRound | None = None, device: Any = None, cache: ResultCache | None = None,
+                model_id: str | None = None) -> PruneResult:
     """Remove ``resolve_layer_count(spec, L)`` decoder layers of the model in ``source_dir``.
 
     Writes a Hugging Face directory to ``out_dir`` and returns what was removed (original
@@ -189,6 +214,10 @@ def prune_model(source_dir: Path, spec: PruneSpec, out_dir: Path, hooks: Hooks =
     re-scoring the smaller model; with ``spec.heal_between_rounds`` and ``heal_round`` given,
     each round's model is healed before the next is scored (not after the last: the job's
     finetune stage does that). ``protect_layers`` are never removed.
+
+    With a ``cache`` and the input's ``model_id`` (core.scoring.cache.model_identity), the first
+    round's scores of the input model come from the cache when another job computed them (an
+    info event says which: ``data.outcome`` "computed" or "hit").
     """
     from layerprune.core.scoring import choose_layers
     from layerprune.core.streaming import stream_prune
@@ -220,7 +249,8 @@ def prune_model(source_dir: Path, spec: PruneSpec, out_dir: Path, hooks: Hooks =
             return stream_prune(src, dst, removed_idx, hooks)
         return _write_replaced(scorer, src, dst, removed_idx, list(on_disk), round_index, replaced)
 
-    if spec.replacement is not None and scorer.model is not None:
+    if spec.replacement is not None and metric in CALIBRATED_METRICS:
+        scorer.full_model(source_dir)
         _check_foldable(scorer)  # refuse an unfoldable family before scoring, not after
     current_dir = source_dir
     layers = list(range(num_layers))  # current layer j -> original index
@@ -236,7 +266,10 @@ def prune_model(source_dir: Path, spec: PruneSpec, out_dir: Path, hooks: Hooks =
             t_round = time.monotonic()
             n = min(step, k - len(removed_total))
             disk_pos = {o: i for i, o in enumerate(on_disk)}
-            scores = scorer.scores([disk_pos[o] for o in layers], block_size=n)
+            if r == 0 and cache is not None and model_id is not None and metric in SCORED_METRICS:
+                scores = _cached_first_scores(scorer, source_dir, n, cache, model_id)
+            else:
+                scores = scorer.scores([disk_pos[o] for o in layers], block_size=n)
             if metric == "manual":
                 assert spec.layers is not None
                 chosen = sorted(layers.index(i) for i in spec.layers)
@@ -298,6 +331,45 @@ def prune_model(source_dir: Path, spec: PruneSpec, out_dir: Path, hooks: Hooks =
         streamed=metric in ON_DISK_METRICS and spec.replacement is None,
         replacement=_merge_replacements(replaced),
     )
+
+
+def scores_cache_key(spec: PruneSpec, model_id: str, block_size: int, device: Any) -> dict[str, Any]:
+    """Everything the first round's scores of the input depend on (core.scoring.cache)."""
+    from layerprune.core.device import pick_device, pick_dtype
+
+    metric = spec.metric
+    key: dict[str, Any] = {"model": model_id, "metric": metric, "semantics": spec.semantics}
+    if metric in CALIBRATED_METRICS:
+        # The forward passes' device and dtype change the figures (bf16 on a GPU, fp32 on a CPU).
+        dev = pick_device() if device is None else torch.device(device)
+        key.update(calibration=spec.calibration.model_dump(mode="json"), device=dev.type,
+                   dtype=str(pick_dtype(dev)))
+    if metric == "angular":
+        key["block_size"] = block_size  # angular scores blocks of the size being removed
+    return key
+
+
+def _cached_first_scores(scorer: _Scorer, source_dir: Path, block_size: int, cache: ResultCache,
+                         model_id: str) -> list[float | None]:
+    from layerprune.core.scoring.cache import LAYER_SCORES, cache_key
+
+    hooks, metric = scorer.hooks, scorer.spec.metric
+    key = scores_cache_key(scorer.spec, model_id, block_size, scorer.device)
+    n = len(scorer.file_scores) if scorer.file_scores is not None else num_layers_of(check_model_dir(source_dir))
+
+    def compute() -> list[float | None]:
+        return [None if s is None else float(s) for s in scorer.scores(list(range(n)), block_size=block_size)]
+
+    scores, hit = cache.get_or_compute(LAYER_SCORES, key, compute, check=hooks.check)
+    data = {"cache": LAYER_SCORES, "outcome": "hit" if hit else "computed", "metric": metric,
+            "key": cache_key(LAYER_SCORES, key)[:16]}
+    if hit:
+        scorer.calibrate_only(source_dir)  # what the scores were computed on, for the result's provenance
+        hooks.info(f"layer scores of {metric} reused (computed by an earlier job on the same model and data)",
+                   **data)
+    else:
+        hooks.info(f"scored {n} layers with {metric}; kept for later jobs on the same model and data", **data)
+    return list(scores)
 
 
 def _check_foldable(scorer: _Scorer) -> None:

@@ -16,6 +16,7 @@ LENGTH = 24  # random characters after the prefix: ~124 bits
 
 # The kinds of row that carry one (the models' defaults name them here, not as loose strings).
 JOB, FILE, EVENT, ARTIFACT, KEY, WEBHOOK_DELIVERY = "job", "file", "evt", "art", "key", "whd"
+STUDY = "study"
 
 
 def new_id(prefix: str, length: int = LENGTH) -> str:

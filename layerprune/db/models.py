@@ -38,7 +38,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from layerprune.db.ids import ARTIFACT, EVENT, FILE, JOB, KEY, WEBHOOK_DELIVERY, new_id
+from layerprune.db.ids import ARTIFACT, EVENT, FILE, JOB, KEY, STUDY, WEBHOOK_DELIVERY, new_id
 
 JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 LIVE_STATUSES = ("queued", "running", "cancelling")
@@ -126,6 +126,8 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column()
     dispatched_at: Mapped[datetime | None] = mapped_column()  # NULL: not yet sent to the broker (outbox)
     dispatch_count: Mapped[int] = mapped_column(Integer, default=0)
+    # The study this job is a candidate (or the baseline) of; NULL for a job created on its own.
+    study_id: Mapped[str | None] = mapped_column(ForeignKey("studies.id", ondelete="SET NULL"), index=True)
 
     __table_args__ = (
         UniqueConstraint("seq", name="uq_jobs_seq"),
@@ -136,6 +138,37 @@ class Job(Base):
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+
+class Study(Base):
+    """A comparison of pruning recipes: one ordinary job per candidate plus a baseline job.
+
+    Its live status is derived from its jobs (layerprune.studies.view); ``status`` and
+    ``finished_at`` are written once, by whoever first sees every job finished
+    (layerprune.db.studies.finalize_finished), in the transaction that queues its webhook.
+    """
+
+    __tablename__ = "studies"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id(STUDY))
+    seq: Mapped[int] = mapped_column(BigInteger, Identity())
+    tenant: Mapped[str] = mapped_column(String(128), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    spec: Mapped[dict[str, Any]] = mapped_column()
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    baseline_job_id: Mapped[str | None] = mapped_column(String(64))
+    # {"quality": name, "higher_is_better": bool, "candidates": [{"job_id", "label", "recipe"}]}
+    plan: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+
+    __table_args__ = (
+        UniqueConstraint("seq", name="uq_studies_seq"),
+        Index("ix_studies_tenant_seq", "tenant", "seq"),
+        Index("ix_studies_unfinished", "finished_at"),
+    )
 
 
 class JobEvent(Base):
@@ -207,6 +240,8 @@ class WebhookDelivery(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id(WEBHOOK_DELIVERY))
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    # A study's delivery (study.succeeded…): its attempts are events of the study's baseline job (job_id).
+    study_id: Mapped[str | None] = mapped_column(String(64))
     url: Mapped[str] = mapped_column(String(2048))
     event_type: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|delivered|failed
@@ -232,5 +267,5 @@ def _fill_seq(mapper: Any, connection: Any, target: Any) -> None:
         target.seq = _sqlite_seq(type(target))
 
 
-for _model in (Job, JobEvent, File):
+for _model in (Job, JobEvent, File, Study):
     event.listen(_model, "before_insert", _fill_seq)

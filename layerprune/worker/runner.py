@@ -187,7 +187,10 @@ def _attempt(job_id: str, worker_id: str, tenant: str, raw_spec: dict[str, Any],
             model_path = resolve_job_model(s, tenant, spec.model, store) if spec.model.startswith("job:") else None
         hooks.check()
         source = _resolve_source(spec, model_path, settings)
-        result = run_pipeline(spec, source, work_dir, hooks, dataset_paths=dataset_paths, on_stage=reporter.on_stage)
+        from layerprune.worker.cache import FileResultCache
+
+        result = run_pipeline(spec, source, work_dir, hooks, dataset_paths=dataset_paths, on_stage=reporter.on_stage,
+                              cache=FileResultCache(settings.effective_cache_dir))
         hooks.check()
         try:
             stored = store.put_dir(work_dir / "output", prefix)

@@ -32,6 +32,10 @@ def sweep_once(session_factory: Callable[[], Any], *, dispatch: bool = True, rea
             out["reaped"] = reap_expired(s)
     if dispatch:
         out["dispatched"] = dispatch_pending(session_factory)
+        from layerprune.db.studies import finalize_finished
+
+        with session_factory() as s:
+            out["studies_finished"] = finalize_finished(s)
     return out
 
 
