@@ -42,6 +42,9 @@ __all__ = [
     "LayerPruneClient",
     "LayerPruneError",
     "Page",
+    "Study",
+    "StudyCancelled",
+    "StudyFailed",
     "WaitTimeout",
     "TERMINAL_STATUSES",
 ]
@@ -106,6 +109,18 @@ class WaitTimeout(LayerPruneError, TimeoutError):
     """``wait`` gave up before the job reached a terminal state."""
 
 
+class StudyFailed(LayerPruneError):
+    """``wait_study`` ended on a failed study (the baseline failed, or no candidate succeeded)."""
+
+    def __init__(self, study: Study) -> None:
+        super().__init__(f"study {study.id} {study.status}")
+        self.study = study
+
+
+class StudyCancelled(StudyFailed):
+    """``wait_study`` ended on a cancelled study."""
+
+
 # --------------------------------------------------------------------------- objects
 
 
@@ -147,6 +162,35 @@ class Job:
             metadata=dict(_get(data, "metadata", {})),
             raw=dict(data),
         )
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+@dataclass
+class Study:
+    """A study as ``GET /v1/studies/{id}`` answers it; ``raw`` holds the whole object."""
+
+    id: str
+    status: str
+    done: int = 0
+    total: int = 0
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    baseline: dict[str, Any] = field(default_factory=dict)
+    pareto: dict[str, list[str]] = field(default_factory=dict)
+    recommendation: dict[str, Any] | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Study:
+        progress = dict(_get(data, "progress", {}))
+        return cls(id=str(data["id"]), status=str(data.get("status", "")), done=int(_get(progress, "done", 0)),
+                   total=int(_get(progress, "total", 0)), candidates=list(_get(data, "candidates", [])),
+                   baseline=dict(_get(data, "baseline", {})), pareto=dict(_get(data, "pareto", {})),
+                   recommendation=data.get("recommendation"), metadata=dict(_get(data, "metadata", {})),
+                   raw=dict(data))
 
     @property
     def is_terminal(self) -> bool:
@@ -453,6 +497,63 @@ class LayerPruneClient:
                 if deadline is None
                 else max(0.0, min(poll_interval, deadline - time.monotonic()))
             )
+
+    # ----------------------------------------------------------------- studies
+
+    def create_study(self, spec: Mapping[str, Any], idempotency_key: str | None = None) -> Study:
+        """POST /v1/studies: one job per candidate recipe. The same key makes a retry safe."""
+        key = idempotency_key or f"lp-{uuid.uuid4().hex}"
+        return Study.from_dict(self._json("POST", "/v1/studies", json=dict(spec), headers={"Idempotency-Key": key}))
+
+    def get_study(self, study_id: str) -> Study:
+        return Study.from_dict(self._json("GET", f"/v1/studies/{study_id}"))
+
+    def list_studies(self, *, limit: int | None = None, after: str | None = None) -> Page[Study]:
+        params: dict[str, Any] = {}
+        if limit is not None:
+            params["limit"] = limit
+        if after:
+            params["after"] = after
+        body = self._json("GET", "/v1/studies", params=params)
+        studies = [Study.from_dict(item) for item in _list_items(body)]
+        has_more = bool(body.get("has_more")) if isinstance(body, dict) else False
+        return Page(data=studies, has_more=has_more, last_id=studies[-1].id if studies else None)
+
+    def cancel_study(self, study_id: str) -> Study:
+        """POST /v1/studies/{id}/cancel: every unfinished candidate; a finished study answers 409."""
+        return Study.from_dict(self._json("POST", f"/v1/studies/{study_id}/cancel", retry=False))
+
+    def wait_study(
+        self,
+        study_id: str,
+        *,
+        on_progress: Callable[[Study], None] | None = None,
+        poll_interval: float = 2.0,
+        timeout: float | None = None,
+    ) -> Study:
+        """Poll until the study ends; returns it when it succeeded.
+
+        ``on_progress(study)`` is called whenever a candidate's status or the study's changed. Raises
+        StudyFailed (StudyCancelled for a cancelled study) carrying the study, or WaitTimeout.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen: tuple[Any, ...] | None = None
+        while True:
+            study = self.get_study(study_id)
+            state = (study.status, study.baseline.get("status"), *(c.get("status") for c in study.candidates))
+            if on_progress is not None and state != seen:
+                on_progress(study)
+            seen = state
+            if study.status == "succeeded":
+                return study
+            if study.status == "cancelled":
+                raise StudyCancelled(study)
+            if study.status == "failed":
+                raise StudyFailed(study)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(f"study {study_id} still {study.status} after {timeout} s")
+            time.sleep(poll_interval if deadline is None
+                       else max(0.0, min(poll_interval, deadline - time.monotonic())))
 
     # ----------------------------------------------------------------- artifacts
 

@@ -6,6 +6,8 @@
     layerprune keys create TENANT                a new API key, printed once
     layerprune submit SPEC.json|yaml [--wait]    create a job (live progress with --wait)
     layerprune jobs list|show|cancel             inspect and cancel jobs
+    layerprune study SPEC.yaml [--wait]          compare pruning recipes (a study), with the Pareto front
+    layerprune studies list|show|cancel          inspect and cancel studies
     layerprune download JOB DIR                  verified, resumable download of a job's model
     layerprune files upload PATH --purpose P [--format F]  upload a data file
     layerprune demo                              the paper's recipe on the bundled model, end to end
@@ -99,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     jp.add_argument("job_id")
     jp.add_argument("--wait", action="store_true", help="wait until it is cancelled")
     _add_server_options(jp)
+
+    from layerprune.cli.study import add_parsers as add_study_parsers
+
+    add_study_parsers(sub, _add_server_options)
 
     p = sub.add_parser("download", help="download a finished job's model (resumable, sha256-verified)")
     p.add_argument("job_id")

@@ -245,7 +245,14 @@ def cmd_files(client: LayerPruneClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"submit": cmd_submit, "jobs": cmd_jobs, "download": cmd_download, "files": cmd_files}
+def _study_commands() -> dict[str, Any]:
+    from layerprune.cli.study import cmd_studies, cmd_study
+
+    return {"study": cmd_study, "studies": cmd_studies}
+
+
+_COMMANDS = {"submit": cmd_submit, "jobs": cmd_jobs, "download": cmd_download, "files": cmd_files,
+             **_study_commands()}
 
 
 def run(args: argparse.Namespace) -> int:
