@@ -41,6 +41,11 @@ def test_every_setting_is_documented() -> None:
 
 @pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.*[jy][sa]*[nl]")), ids=lambda p: p.name)
 def test_example_specs_are_valid(path: Path) -> None:
+    if path.name.startswith("study"):
+        from layerprune.studies.spec import StudySpec
+
+        StudySpec.model_validate(load_spec(str(path)))
+        return
     JobSpec.model_validate(load_spec(str(path)))
 
 
