@@ -7,7 +7,8 @@ from sqlalchemy import create_engine, inspect
 
 from tests.service_fixtures import create_pg_database, drop_pg_database
 
-TABLES = {"api_keys", "jobs", "job_events", "artifacts", "files", "idempotency_keys", "webhook_deliveries"}
+TABLES = {"api_keys", "jobs", "job_events", "artifacts", "files", "idempotency_keys", "webhook_deliveries",
+          "studies"}
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
