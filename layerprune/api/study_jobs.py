@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from layerprune.api.errors import ApiError
 from layerprune.api.schemas import _mask_secrets
+from layerprune.api.study_schemas import StudyPublic
 from layerprune.api.validation import validate_job_spec
 from layerprune.core.errors import LayerPruneError
 from layerprune.core.spec import JobSpec
@@ -158,4 +159,6 @@ def study_public(session: Session, study: Study, jobs: list[Job] | None = None) 
     """The study exactly as ``GET /v1/studies/{id}`` answers it (webhook secret masked)."""
     if jobs is None:
         jobs = study_jobs(session, [study.id])[study.id]
-    return study_object(study, jobs, _mask_secrets(dict(study.spec or {})))
+    view = study_object(study, jobs, _mask_secrets(dict(study.spec or {})))
+    # Through the published model: the webhook's data and GET serialise the same way (times as jobs').
+    return StudyPublic.model_validate(view).model_dump(mode="json")

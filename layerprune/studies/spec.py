@@ -157,15 +157,15 @@ class Candidate:
         return self.origin[best] + job_param[len(best):]
 
 
-def label_of(recipe: dict[str, Any]) -> str:
+def label_of(recipe: dict[str, Any], layers: list[int] | None = None) -> str:
     """"angular · 25% · linear · distill": metric, amount, then replacement and healing when used."""
     parts = [str(recipe["metric"])]
-    if recipe.get("ratio") is not None:
+    if layers is not None:  # metric "manual": the layers are the amount
+        parts.append("layers " + ",".join(str(i) for i in layers))
+    elif recipe.get("ratio") is not None:
         parts.append(f"{recipe['ratio'] * 100:g}%")
     elif recipe.get("num_layers") is not None:
         parts.append(f"{recipe['num_layers']} layers")
-    elif recipe.get("layers") is not None:
-        parts.append("layers " + ",".join(str(i) for i in recipe["layers"]))
     if recipe.get("replace") not in (None, "none"):
         parts.append(str(recipe["replace"]))
     heal = recipe.get("heal")
@@ -182,8 +182,7 @@ def _recipe(prune: dict[str, Any], finetune: dict[str, Any] | None) -> dict[str,
     if finetune is not None and finetune.get("method", "partial") != "none":
         heal = {"method": finetune.get("method", "partial"), "objective": finetune.get("objective", "lm")}
     return {"metric": prune.get("metric", "reverse_order"), "num_layers": prune.get("num_layers"),
-            "ratio": prune.get("ratio"), "replace": replace, "heal": heal,
-            **({"layers": prune["layers"]} if prune.get("layers") is not None else {})}
+            "ratio": prune.get("ratio"), "replace": replace, "heal": heal}
 
 
 def _job_spec(study: StudySpec, prune: dict[str, Any], finetune: dict[str, Any] | None) -> dict[str, Any]:
@@ -203,8 +202,9 @@ def expand(study: StudySpec) -> list[Candidate]:
             prune = {**study.prune, **c.prune}
             finetune = {**study.finetune, **c.finetune} if c.finetune is not None else None
             recipe = _recipe(prune, finetune)
+            label = c.label or label_of(recipe, prune.get("layers"))
             origin = {"prune": f"candidates[{i}].prune", "finetune": f"candidates[{i}].finetune"}
-            out.append(Candidate(c.label or label_of(recipe), recipe, _job_spec(study, prune, finetune), origin))
+            out.append(Candidate(label, recipe, _job_spec(study, prune, finetune), origin))
         return out
     axes = study.axes
     assert axes is not None

@@ -21,6 +21,7 @@ from layerprune.api.study_jobs import (
     study_public,
     validate_study,
 )
+from layerprune.api.study_schemas import StudiesPublic, StudyPublic
 from layerprune.db import idempotency
 from layerprune.db.studies import finalize_finished, get_study, list_studies, study_jobs, study_seq
 from layerprune.logs import bind
@@ -36,7 +37,6 @@ STUDY_EXAMPLE = {
     "evaluate": {"perplexity": {"max_windows": 20}, "tasks": ["arc_easy"], "limit": 100, "speed": True},
     "constraints": {"min_speedup": 1.2},
 }
-_OBJECT = {"200": {"description": "The study", "content": {"application/json": {"schema": {"type": "object"}}}}}
 
 
 def _replay(session: Any, tenant: str, key: str, digest: str, ttl_hours: int) -> dict[str, Any] | None:
@@ -53,10 +53,11 @@ def _replay(session: Any, tenant: str, key: str, digest: str, ttl_hours: int) ->
     return study_public(session, study)
 
 
-@router.post("", status_code=201, summary="Create a study",
+@router.post("", status_code=201, response_model=StudyPublic, summary="Create a study",
              description="Compare pruning recipes: one job per candidate (axes product or explicit list), "
                          "one baseline evaluation, Pareto fronts and a recommendation. See docs/contract.md.",
-             responses={200: {"description": "Replay of an earlier request with the same Idempotency-Key"},
+             responses={200: {"model": StudyPublic,
+                              "description": "Replay of an earlier request with the same Idempotency-Key"},
                         **error_responses(401, 409, 413, 422, 503)},
              openapi_extra={"requestBody": {"content": {"application/json": {
                  "schema": StudySpec.model_json_schema(), "example": STUDY_EXAMPLE}}, "required": True}})
@@ -97,7 +98,8 @@ def create_study_route(
     return study_public(session, study)
 
 
-@router.get("", summary="List studies, newest first", responses=error_responses(401, 422, 503))
+@router.get("", response_model=StudiesPublic, summary="List studies, newest first",
+            responses=error_responses(401, 422, 503))
 def list_studies_route(session: SessionDep, tenant: TenantDep, limit: LimitQuery = 20,
                        after: AfterQuery = None) -> dict[str, Any]:
     after_seq = None
@@ -112,7 +114,8 @@ def list_studies_route(session: SessionDep, tenant: TenantDep, limit: LimitQuery
             "last_id": items[-1]["id"] if items else None}
 
 
-@router.get("/{study_id}", summary="Get a study", responses={**_OBJECT, **error_responses(401, 404, 503)})
+@router.get("/{study_id}", response_model=StudyPublic, summary="Get a study",
+            responses=error_responses(401, 404, 503))
 def get_study_route(study_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
     study = get_study(session, tenant, study_id)
     if study is None:
@@ -120,9 +123,9 @@ def get_study_route(study_id: str, session: SessionDep, tenant: TenantDep) -> di
     return study_public(session, study)
 
 
-@router.post("/{study_id}/cancel", summary="Cancel a study",
+@router.post("/{study_id}/cancel", response_model=StudyPublic, summary="Cancel a study",
              description="Cancels every unfinished candidate (and the baseline); a finished study → 409.",
-             responses={**_OBJECT, **error_responses(401, 404, 409, 503)})
+             responses=error_responses(401, 404, 409, 503))
 def cancel_study_route(study_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
     study = get_study(session, tenant, study_id)
     if study is None:

@@ -14,6 +14,7 @@ trip must not be cached.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Mapping
@@ -36,10 +37,28 @@ class ResultCache(Protocol):
         ...
 
 
+@functools.cache
+def software() -> dict[str, str | None]:
+    """The versions that compute the figures: an upgrade (a fixed metric, a new kernel) never reads
+    what the previous version stored."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from layerprune import __version__
+
+    out: dict[str, str | None] = {"layerprune": __version__}
+    for name in ("torch", "transformers"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def cache_key(kind: str, key: Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON of ``key`` (key order and spacing do not count) and ``kind``."""
-    payload = json.dumps({"kind": kind, "v": KEY_VERSION, "key": key}, sort_keys=True, separators=(",", ":"),
-                         default=str)
+    """sha256 of the canonical JSON of ``key`` (key order and spacing do not count), ``kind`` and
+    :func:`software`."""
+    payload = json.dumps({"kind": kind, "v": KEY_VERSION, "software": software(), "key": key}, sort_keys=True,
+                         separators=(",", ":"), default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
