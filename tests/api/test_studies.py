@@ -120,3 +120,34 @@ def test_too_many_candidates(client, new_tenant, service_settings):
     assert r.status_code == 422 and r.json()["error"]["code"] == "too_many_candidates"
     assert r.json()["error"]["param"] == "axes"
     assert client.post("/v1/studies", json=[1], headers=h).status_code == 422
+
+
+def test_explicit_candidates_and_the_cancelled_webhook(client, app, new_tenant, migrated_db):
+    from sqlalchemy import select
+
+    from layerprune.db.models import WebhookDelivery
+    from layerprune.db.session import session_scope
+
+    _, h = new_tenant
+    body = {"model": "bundled:smollm2-135m-instruct", "evaluate": EVALUATE,
+            "candidates": [{"prune": {"metric": "manual", "layers": [20, 21]}},
+                           {"label": "mine", "prune": {"metric": "angular", "num_layers": 4, "replace": "linear"},
+                            "finetune": {"method": "partial", "objective": "distill", "max_steps": 2}}],
+            "webhook": {"url": "http://127.0.0.1:9/hook", "secret": "s3cret"}}
+    settings = app.state.settings
+    app.state.settings = settings.model_copy(update={"webhook_allowed_hosts": "127.0.0.1"})
+    try:
+        r = client.post("/v1/studies", json=body, headers=h)
+    finally:
+        app.state.settings = settings
+    assert r.status_code == 201, r.text
+    study = r.json()
+    assert [c["label"] for c in study["candidates"]] == ["manual · layers 20,21", "mine"]
+    assert study["candidates"][1]["recipe"] == {"metric": "angular", "num_layers": 4, "ratio": None,
+                                                "replace": "linear",
+                                                "heal": {"method": "partial", "objective": "distill"}}
+    assert study["spec"]["webhook"]["secret"] == "***" and study["quality"]["name"] == "mean_acc"
+    assert client.post(f"/v1/studies/{study['id']}/cancel", headers=h).json()["status"] == "cancelled"
+    with session_scope(migrated_db) as s:
+        rows = list(s.scalars(select(WebhookDelivery).where(WebhookDelivery.study_id == study["id"])))
+        assert [(r.event_type, r.job_id) for r in rows] == [("study.cancelled", study["baseline"]["job_id"])]
