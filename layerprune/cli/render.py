@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 # Sizes follow the one rule the model card and the dashboard use too.
+from layerprune.core.evaluate.report import sample_pairs
 from layerprune.core.units import human_bytes as human_bytes
 
 BEFORE_KEYS = ("before", "base", "baseline", "original")
@@ -244,7 +245,23 @@ def summary_table(result: Mapping[str, Any], artifacts: Sequence[Mapping[str, An
     removed = result.get("removed_layers")
     if removed:
         text += "\nremoved layers (original numbering): " + ", ".join(str(i) for i in removed)
-    return text
+    return text + sample_answers(result.get("metrics"))
+
+
+def sample_answers(metrics: Any) -> str:
+    """The model's greedy answers to the job's fixed prompts, before and after (evaluate.samples)."""
+    out = ""
+    for prompt, before, after in sample_pairs(dict(metrics) if isinstance(metrics, Mapping) else None):
+        out += f"\n\nprompt: {prompt}"
+        if before is not None:
+            out += f"\n  before: {_one_line(before)}"
+        out += f"\n  after:  {_one_line(after)}"
+    return out
+
+
+def _one_line(text: str, width: int = 300) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 def _speed_rows(metrics: Any) -> list[list[str]]:

@@ -64,3 +64,15 @@ def speed_rows(metrics: Any) -> list[tuple[str, float | None, float | None, floa
             ratio = (ratios.get(b) or {}).get(key, {}).get("ratio")
             rows.append((f"{stage} tok/s (batch {b})", b_fig, a_fig, ratio))
     return rows
+
+
+def sample_pairs(metrics: Any) -> list[tuple[str, str | None, str]]:
+    """``(prompt, before text or None, after text)`` per sample answer of a job's ``metrics`` (samples.py).
+
+    One reading for the CLI, the demo and the model card.
+    """
+    if not isinstance(metrics, dict):
+        return []
+    after = (metrics.get("after") or {}).get("samples") or []
+    before = {s.get("prompt"): s.get("text") for s in (metrics.get("before") or {}).get("samples") or []}
+    return [(s["prompt"], before.get(s["prompt"]), s["text"]) for s in after if "prompt" in s and "text" in s]
