@@ -27,7 +27,8 @@ from layerprune.settings import Settings
 
 # Layer-count keys of Hugging Face configs (as core.architecture, which imports torch).
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
-# Known from shared/DATA.md, used when the converted bundled model is not cached on this host yet.
+# Known from docs/data.md (the bundled model), used when the converted bundled model is not cached
+# on this host yet.
 _BUNDLED_LAYERS = {"smollm2-135m-instruct": 30}
 
 

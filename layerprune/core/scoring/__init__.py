@@ -1,4 +1,4 @@
-"""Layer-scoring metrics and layer choice (shared/METHODS.md §1): the public API.
+"""Layer-scoring metrics and layer choice (docs/methods.md §1): the public API.
 
 Importing this package is torch-free (the API validates specs and describes metrics without
 torch): each metric's implementation is named as ``"module:function"`` and imported on first use.
