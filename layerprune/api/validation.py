@@ -230,16 +230,6 @@ def _check_gsm8k_train(spec: JobSpec) -> None:
                         param=f"evaluate.tasks[{ev.tasks.index('gsm8k')}]")
 
 
-def _local_model_dir(ref: str, settings: Settings) -> Path | None:
-    if ref.startswith(("/", "./", "../", "~")) or ref in (".", ".."):
-        return Path(ref).expanduser().resolve()
-    for root in settings.model_root_paths:
-        candidate = root / ref
-        if candidate.is_dir():
-            return candidate.resolve()
-    return None
-
-
 def _layers_from_config(config: dict[str, Any]) -> int | None:
     for cfg in (config.get("text_config"), config):
         if isinstance(cfg, dict):
