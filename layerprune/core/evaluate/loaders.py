@@ -10,7 +10,7 @@ Which file feeds which task, and how each was checked: docs/data.md, "Evaluation
   ``{id, query: "Question: <q>\\nAnswer:", choices: [...], gold}``. They are turned back into the Hugging
   Face row format (``question`` / ``question_stem``, ``choices {text, label}``, ``answerKey``) in
   ``doc_id`` order, which is the data set's order. On the validation split, where both forms ship,
-  this reconstruction equals the raw rows exactly (tests/core/test_evaluate_tasks.py).
+  this reconstruction equals the raw rows exactly (tests/core/evaluate/test_tasks.py).
 * BoolQ: lm-eval reads SuperGLUE's BoolQ, whose passages begin with the Wikipedia article title
   (``"Ethanol fuel -- All biomass goes through..."``); ``hf_datasets/boolq`` is google/boolq, the
   same 3,270 validation questions, answers and order, but passages *without* the title. The titled
