@@ -413,7 +413,7 @@ def deliver_due(session_factory: Callable[[], Any], *, limit: int = 50, settings
 
 
 class WebhookSender:
-    """A daemon thread that sweeps due deliveries every ``interval`` seconds; ``wake()`` nudges it."""
+    """A daemon thread that sweeps due deliveries every ``interval`` seconds."""
 
     def __init__(self, session_factory: Callable[[], Any], *, interval: float | None = None,
                  settings: Settings | None = None) -> None:
@@ -427,9 +427,6 @@ class WebhookSender:
     def start(self) -> WebhookSender:
         self._thread.start()
         return self
-
-    def wake(self) -> None:
-        self._wake.set()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()

@@ -1,4 +1,4 @@
-"""The import rules of STYLE.md: core is pure ML, the API never imports the worker."""
+"""The import rules of docs/style.md: core is pure ML, the API never imports the worker."""
 
 from __future__ import annotations
 

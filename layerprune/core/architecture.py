@@ -100,10 +100,6 @@ def find_decoder_parts(model: nn.Module) -> DecoderParts:
     )
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    return find_decoder_parts(model).layers
-
-
 def layer_param_count(layer: nn.Module) -> int:
     return sum(p.numel() for p in layer.parameters())
 
@@ -123,10 +119,6 @@ def count_params(model: nn.Module) -> int:
             seen.add(id(p))
             total += p.numel()
     return total
-
-
-def model_dtype(model: nn.Module) -> torch.dtype:
-    return next(model.parameters()).dtype
 
 
 def meta_model(config):  # type: ignore[no-untyped-def]

@@ -1,4 +1,4 @@
-"""Remove decoder layers from a loaded Hugging Face causal LM, in place (shared/METHODS.md §2).
+"""Remove decoder layers from a loaded Hugging Face causal LM, in place (docs/methods.md §2).
 
 A naive ``del model.layers[i]`` leaves every later attention module with its old ``layer_idx``
 (the KV cache then writes layer 7's keys into slot 8: transformers issue 30508) and a config

@@ -5,7 +5,7 @@ torch. Structural problems (wrong type, value out of range) are pydantic errors 
 the field's path; checks that need the model's layer count live in :func:`resolve_layer_count`
 and raise :class:`SpecError` naming the field.
 
-Defaults follow Lu et al. 2024 (shared/METHODS.md): reverse-order removal of 25% of layers, then
+Defaults follow Lu et al. 2024 (docs/methods.md): reverse-order removal of 25% of layers, then
 partial healing of lm_head + final norm + the last 3 remaining layers (AdamW, lr 1e-5, 2 epochs,
 batch 64 = 4 x 16, 100 warm-up steps, cutoff 256, seed 42).
 """
@@ -141,7 +141,7 @@ def _replace_schema(schema: dict[str, Any]) -> None:
 
 
 class PruneSpec(_Strict):
-    """Which layers to remove and how to choose them (shared/METHODS.md §1)."""
+    """Which layers to remove and how to choose them (docs/methods.md §1)."""
 
     metric: Metric = "reverse_order"
     ratio: float | None = Field(None, gt=0.0, lt=1.0)
@@ -213,7 +213,7 @@ class PruneSpec(_Strict):
 
 
 class FinetuneSpec(_Strict):
-    """Healing after pruning (shared/METHODS.md §3); the paper's values by default."""
+    """Healing after pruning (docs/methods.md §3); the paper's values by default."""
 
     method: FinetuneMethod = "partial"
     trainable_last_layers: int = Field(3, ge=0)

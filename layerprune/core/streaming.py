@@ -1,4 +1,4 @@
-"""Remove layers from a model on disk without loading it (shared/METHODS.md §2, last paragraph).
+"""Remove layers from a model on disk without loading it (docs/methods.md §2, last paragraph).
 
 Selections that need no forward pass (reverse order, manual, random, magnitude) only decide which
 tensors to keep. :func:`stream_prune` reads the safetensors headers, plans output shards and

@@ -141,7 +141,7 @@ def test_event_stream_survives_a_database_outage(service_settings, pg_url):
     from fastapi.testclient import TestClient
 
     from layerprune.api.app import create_app
-    from tests.api.test_events import _add_events, _parse_sse
+    from tests.api.routes.test_events import _add_events, _parse_sse
 
     proxy = TcpProxy(("127.0.0.1", 5432)).start()
     db = pg_url.rsplit("/", 1)[1]
