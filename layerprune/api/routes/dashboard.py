@@ -171,7 +171,7 @@ def create_download_link(body: DownloadLinkCreate, session: SessionDep, tenant: 
 @router.get("/dashboard/download/{token}", summary="Download one artifact with a signed link",
             responses={200: {"content": {"application/octet-stream": {}}}, **error_responses(404)})
 def download_with_token(token: str, session: SessionDep, settings: SettingsDep) -> Response:
-    from layerprune.storage import get_store
+    from layerprune.artifact_store import get_store
 
     found = read_token(session, token)
     if found is None:

@@ -27,6 +27,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from layerprune.cli.follow import follow
+from layerprune.cli.progress import ProgressView
+from layerprune.cli.render import human_bytes, human_duration, summary_table
+from layerprune.client import LayerPruneClient
+
 DEFAULT_TASKS = ("arc_easy", "piqa", "hellaswag")
 # Sized for two CPU cores (README: measured there): the job stays well under ten minutes.
 DEMO_DEFAULTS = {"max_steps": 20, "batch_size": 4, "learning_rate": 5e-4, "limit": 25, "ppl_windows": 16}
@@ -202,11 +207,6 @@ def _wait_healthy(url: str, api: _Process, timeout: float = 120.0) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from layerprune.cli.follow import follow
-    from layerprune.cli.progress import ProgressView
-    from layerprune.cli.render import human_bytes, human_duration, summary_table
-    from layerprune.client import LayerPruneClient
-
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     spec = demo_spec(
         max_steps=args.max_steps,

@@ -1,4 +1,4 @@
-"""The queue's transitions on SQLite and Postgres: atomic claims, leases, reaping, the outbox."""
+"""The queue's transitions on SQLite and Postgres: atomic claims, leases, reaping, the status table."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
-from layerprune.db import queue as q
 from layerprune.db.models import Artifact, Job, JobEvent
+from layerprune.queue import transitions as q
+from layerprune.queue.outbox import pending_dispatch
 from tests.worker.conftest import new_job
 
 
@@ -87,7 +88,7 @@ def test_reaper_requeues_then_fails_worker_lost(sessions):
     job = _job(sessions, job_id)
     assert (job.status, job.worker_id, job.dispatched_at) == ("queued", None, None)
     with sessions() as s:
-        assert q.pending_dispatch(s, 10) == [(job_id, "cpu", 0)]
+        assert pending_dispatch(s, 10) == [(job_id, "cpu", 0)]
         # the dead worker cannot finish it any more
         assert q.finish_job(s, job_id, "w1", {}, []) is False
         q.claim_job(s, job_id, "w2", 5)
@@ -109,22 +110,3 @@ def test_reaper_finishes_cancelling_and_claim_takes_over_expired(sessions):
         assert q.reap_expired(s) == [a]
     assert _job(sessions, a).status == "cancelled"
     assert (_job(sessions, b).worker_id, _job(sessions, b).attempts) == ("w2", 2)
-
-
-def test_outbox_redispatch_backs_off(sessions):
-    job_id = new_job(sessions)
-    with sessions() as s:
-        assert q.pending_dispatch(s, 10, redispatch_after_s=60) == [(job_id, "cpu", 0)]
-        q.mark_dispatched(s, job_id)
-        assert q.pending_dispatch(s, 10, redispatch_after_s=60) == []
-        past = datetime.now(UTC) - timedelta(seconds=90)
-        s.execute(Job.__table__.update().values(dispatched_at=past))
-        s.commit()
-        assert q.pending_dispatch(s, 10, redispatch_after_s=60) == [(job_id, "cpu", 0)]
-        q.mark_dispatched(s, job_id)
-        s.execute(Job.__table__.update().values(dispatched_at=past))  # 2nd send: waits 120 s now
-        s.commit()
-        assert q.pending_dispatch(s, 10, redispatch_after_s=60) == []
-        q.claim_job(s, job_id, "w", 30)
-        assert q.mark_dispatched(s, job_id) is False
-        assert q.pending_dispatch(s, 10, redispatch_after_s=0.001) == []
