@@ -110,3 +110,72 @@ def test_reaper_finishes_cancelling_and_claim_takes_over_expired(sessions):
         assert q.reap_expired(s) == [a]
     assert _job(sessions, a).status == "cancelled"
     assert (_job(sessions, b).worker_id, _job(sessions, b).attempts) == ("w2", 2)
+
+
+# ---------------------------------------------------------------- the transition table, end to end
+
+HOOK_SPEC = {"model": "x", "prune": {"metric": "reverse_order", "ratio": 0.25},
+             "webhook": {"url": "https://hooks.example/lp"}}
+
+
+def _in_status(sessions, status: str, *, attempts: int = 1) -> str:
+    """A job in ``status``, held by worker w1 with an expired lease (so claim and reaper may act)."""
+    job_id = new_job(sessions, HOOK_SPEC, max_attempts=3)
+    with sessions() as s:
+        s.execute(Job.__table__.update().where(Job.id == job_id).values(
+            status=status, worker_id="w1", attempts=attempts,
+            lease_expires_at=datetime.now(UTC) - timedelta(seconds=5)))
+        s.commit()
+    return job_id
+
+
+def _cancel(s, job_id: str) -> bool:
+    job = s.get(Job, job_id)
+    before = job.status
+    try:
+        after = q.request_cancel(s, job).status
+    except q.JobStateConflict:
+        s.rollback()
+        return False
+    s.commit()
+    return after != before
+
+
+# Every function that may change a job's status, run from every status: (name, attempts, call → moved?).
+MOVES = [
+    ("claim_job", 1, lambda s, j: q.claim_job(s, j, "w2", 30) is not None),
+    ("request_cancel", 1, _cancel),
+    ("finish_job", 1, lambda s, j: q.finish_job(s, j, "w1", {"ok": 1}, [])),
+    ("fail_job", 1, lambda s, j: q.fail_job(s, j, "w1", "boom", "it broke")),
+    ("cancel_finish", 1, lambda s, j: q.cancel_finish(s, j, "w1")),
+    ("reap_expired", 1, lambda s, j: j in q.reap_expired(s)),
+    ("reap_expired (attempts used up)", 3, lambda s, j: j in q.reap_expired(s)),
+    ("heartbeat", 1, lambda s, j: (q.heartbeat(s, j, "w1", 30), False)[1]),
+    ("mark_dispatched", 1, lambda s, j: (q.mark_dispatched(s, j), False)[1]),
+]
+
+
+def test_each_allowed_transition_works_and_each_other_is_refused(sessions):
+    from layerprune.db.models import WebhookDelivery
+    from layerprune.queue.status import JOB_STATUSES, TERMINAL_STATUSES, TRANSITIONS, allowed
+
+    seen: set[tuple[str, str]] = set()
+    for old in JOB_STATUSES:
+        for name, attempts, move in MOVES:
+            job_id = _in_status(sessions, old, attempts=attempts)
+            with sessions() as s:
+                moved = move(s, job_id)
+            job = _job(sessions, job_id)
+            where = f"{name} from {old}"
+            if moved:
+                assert allowed(old, job.status), f"{where} made the disallowed move to {job.status}"
+                seen.add((old, job.status))
+            else:
+                assert job.status == old, f"{where} reported no move but the job is {job.status}"
+            with sessions() as s:
+                hooks = [d.event_type for d in s.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job_id))]
+            # Every move into a terminal status, whoever makes it, adds exactly one delivery.
+            expected = [f"job.{job.status}"] if moved and job.status in TERMINAL_STATUSES else []
+            assert hooks == expected, where
+    table = {(old, new) for old, news in TRANSITIONS.items() for new in news}
+    assert seen == {(str(a), str(b)) for a, b in table}, "every allowed move is made by some transition"
