@@ -63,8 +63,8 @@ def _wait_for_schema(is_at_head, upgrade_to_head) -> None:  # noqa: ANN001 - db.
 
 def main(argv: Sequence[str] | None = None) -> None:
     from layerprune.db.migrate import is_at_head, upgrade_to_head
-    from layerprune.queue.celery_app import configure
-    from layerprune.queue.sweeper import start_sweeper
+    from layerprune.queue.celery_app import broker_ok, configure
+    from layerprune.queue.sweeper import start_sweeper, sweep_once
     from layerprune.settings import get_settings
     from layerprune.worker.app import app
 
@@ -75,13 +75,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     configure(settings)
     from layerprune.db.session import session_factory
-    from layerprune.queue.celery_app import broker_ok
-    from layerprune.queue.sweeper import sweep_once
     from layerprune.webhooks import WebhookSender
 
     # The pool forks a child per job while the sweeper and webhook threads run. Do their first sweep
-    # here, before any thread exists, so the modules they import lazily (the queue code, the
-    # broker's transport) are imported by now: a fork that lands mid-import in another thread
+    # here, before any thread exists, so the modules they import lazily (the broker's transport,
+    # the database driver's dialect) are imported by now: a fork that lands mid-import in another thread
     # leaves that module's import lock held for ever in the child.
     try:
         sweep_once(session_factory())
