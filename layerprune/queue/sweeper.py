@@ -29,6 +29,10 @@ from layerprune.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
+# While the database is down at start-up, the start-up work is retried this often (each failed
+# try logs a warning).
+STARTUP_RETRY_SECONDS = 5.0
+
 
 def sweep_once(session_factory: Callable[[], Any], settings: Settings | None = None, *,
                dispatch: bool = True, reap: bool = True) -> dict[str, Any]:
@@ -63,13 +67,15 @@ class Sweeper(threading.Thread):
         return self._sf
 
     def run(self) -> None:
-        next_dispatch = next_reap = 0.0  # both at once on start
+        next_dispatch = next_reap = next_startup = 0.0  # all at once on start
         tick = min(self.settings.dispatch_interval_seconds, self.settings.reaper_interval_seconds, 1.0)
         while not self._halt.is_set():
             now = time.monotonic()
             try:
-                if self.startup is not None and self.startup():
-                    self.startup = None
+                if self.startup is not None and now >= next_startup:
+                    next_startup = now + STARTUP_RETRY_SECONDS
+                    if self.startup():
+                        self.startup = None
                 if self.startup is None:
                     do_reap, do_dispatch = now >= next_reap, now >= next_dispatch
                     if do_reap:

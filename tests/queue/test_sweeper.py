@@ -101,6 +101,7 @@ def test_sweeper_thread_waits_for_startup_then_sweeps(sessions, tmp_path, monkey
             calls.append(time.monotonic())
             return len(calls) >= 3
 
+        monkeypatch.setattr("layerprune.queue.sweeper.STARTUP_RETRY_SECONDS", 0.2)
         sweeper = Sweeper(sessions, settings, startup=startup)
         sweeper.start()
         try:
@@ -109,6 +110,7 @@ def test_sweeper_thread_waits_for_startup_then_sweeps(sessions, tmp_path, monkey
             assert _wait_for(lambda: _status(sessions, lost) == "queued"
                              and _dispatch_count(sessions, lost) == 1)
             assert len(calls) == 3  # start-up work is not repeated once done
+            assert all(b - a >= 0.15 for a, b in zip(calls, calls[1:], strict=False))  # retried at its own pace
         finally:
             sweeper.stop()
         assert not sweeper.is_alive()
