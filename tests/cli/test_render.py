@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from layerprune.cli import main
+from layerprune.cli.demo import demo_spec
 from layerprune.cli.progress import ProgressView
 from layerprune.cli.render import (
     comparison_table,
@@ -21,7 +22,6 @@ from layerprune.cli.render import (
 )
 from layerprune.client import Event, Job, _parse_sse
 from layerprune.core.spec import JobSpec
-from layerprune.demo import demo_spec
 
 DATA = Path(__file__).parent / "data"
 

@@ -36,6 +36,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from layerprune.cli.follow import follow
+from layerprune.cli.progress import ProgressView
+from layerprune.cli.render import comparison_table, human_bytes, human_duration
+from layerprune.client import LayerPruneClient
+
 DEFAULT_TASKS = ("arc_easy", "piqa", "hellaswag")
 RECIPES = ("recommended", "paper")
 # The question each model answers before and after: a reader sees sense or garbage at a glance.
@@ -240,11 +245,6 @@ def _wait_healthy(url: str, api: _Process, timeout: float = 120.0) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from layerprune.cli.follow import follow
-    from layerprune.cli.progress import ProgressView
-    from layerprune.cli.render import comparison_table, human_bytes, human_duration
-    from layerprune.client import LayerPruneClient
-
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     unknown = [r for r in recipes if r not in RECIPES]
