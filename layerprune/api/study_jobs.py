@@ -1,7 +1,8 @@
 """A study's jobs: validated, created and dispatched through the jobs code path; cancelled together.
 
-This is the one place studies touch the job queue: ``db.jobs.create_job`` (as ``POST /v1/jobs``
-calls it), the same dispatch (``routes.jobs._dispatch``) and ``db.jobs.request_cancel``. Each
+This is the one place studies touch the job queue: ``queue.transitions.create_job`` (as
+``POST /v1/jobs`` calls it), the same dispatch (``routes.jobs._dispatch``) and
+``queue.transitions.request_cancel``. Each
 candidate is an ordinary job, so more workers finish a study sooner and events, artifacts,
 retries and cancel work as for any job.
 
@@ -19,17 +20,14 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from layerprune.api.errors import ApiError
-from layerprune.api.schemas import _mask_secrets
-from layerprune.api.study_schemas import StudyPublic
 from layerprune.api.validation import validate_job_spec
 from layerprune.core.errors import LayerPruneError
 from layerprune.core.spec import JobSpec
-from layerprune.db.jobs import JobStateConflict, create_job, request_cancel
 from layerprune.db.models import Job, Study
 from layerprune.db.studies import create_study, link_job, mark_cancel_requested, study_jobs
+from layerprune.queue.transitions import JobStateConflict, create_job, request_cancel
 from layerprune.settings import Settings
 from layerprune.studies.spec import Candidate, StudySpec, baseline_spec, expand
-from layerprune.studies.view import study_object
 
 log = logging.getLogger(__name__)
 
@@ -138,27 +136,14 @@ def dispatch_jobs(session: Session, jobs: list[Job]) -> None:
 
 def cancel_study(session: Session, study: Study) -> int:
     """Cancel every unfinished job of ``study``; returns how many were asked to stop. The caller commits."""
-    from layerprune.webhooks import enqueue_delivery
-
     asked = 0
     for job in study_jobs(session, [study.id])[study.id]:
         if job.is_terminal:
             continue
         try:
-            job = request_cancel(session, job)
+            request_cancel(session, job)  # as POST /v1/jobs/{id}/cancel (its webhook row comes with it)
         except JobStateConflict:
             continue  # finished meanwhile
         asked += 1
-        if job.status == "cancelled":
-            enqueue_delivery(session, job.id, "cancelled")
     mark_cancel_requested(session, study)
     return asked
-
-
-def study_public(session: Session, study: Study, jobs: list[Job] | None = None) -> dict[str, Any]:
-    """The study exactly as ``GET /v1/studies/{id}`` answers it (webhook secret masked)."""
-    if jobs is None:
-        jobs = study_jobs(session, [study.id])[study.id]
-    view = study_object(study, jobs, _mask_secrets(dict(study.spec or {})))
-    # Through the published model: the webhook's data and GET serialise the same way (times as jobs').
-    return StudyPublic.model_validate(view).model_dump(mode="json")

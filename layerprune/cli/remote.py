@@ -245,14 +245,23 @@ def cmd_files(client: LayerPruneClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _study_commands() -> dict[str, Any]:
-    from layerprune.cli.study import cmd_studies, cmd_study
+_OUTCOMES = {"ok": EXIT_OK, "failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED}
 
-    return {"study": cmd_study, "studies": cmd_studies}
+
+def cmd_study(client: LayerPruneClient, args: argparse.Namespace) -> int:
+    from layerprune.cli.study import cmd_study as run_study
+
+    return _OUTCOMES[run_study(client, args, load_spec)]
+
+
+def cmd_studies(client: LayerPruneClient, args: argparse.Namespace) -> int:
+    from layerprune.cli.study import cmd_studies as run_studies
+
+    return _OUTCOMES[run_studies(client, args)]
 
 
 _COMMANDS = {"submit": cmd_submit, "jobs": cmd_jobs, "download": cmd_download, "files": cmd_files,
-             **_study_commands()}
+             "study": cmd_study, "studies": cmd_studies}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from layerprune.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK
 from layerprune.cli.render import table
 from layerprune.client import LayerPruneClient, Study, StudyFailed
 
@@ -71,9 +71,9 @@ def _header(study: Study) -> str:
     return f"{study.id}  {study.status}  {study.done}/{study.total} candidates done"
 
 
-def cmd_study(client: LayerPruneClient, args: argparse.Namespace) -> int:
-    from layerprune.cli.remote import load_spec
-
+def cmd_study(client: LayerPruneClient, args: argparse.Namespace, load_spec: Callable[[str], dict[str, Any]]) -> str:
+    """Returns the outcome ("ok", "failed", "cancelled"); ``cli.remote`` turns it into the exit code
+    (this module imports neither it nor ``layerprune.cli``: no import cycle)."""
     spec = load_spec(args.spec)
     study = client.create_study(spec, idempotency_key=args.idempotency_key)
     if not args.wait:
@@ -81,7 +81,7 @@ def cmd_study(client: LayerPruneClient, args: argparse.Namespace) -> int:
             print(json.dumps(study.raw, indent=2))
         else:
             print(_header(study))
-        return EXIT_OK
+        return "ok"
     print(f"{study.id}: {study.total} candidates + the baseline, queued", file=sys.stderr)
     seen: dict[str, str] = {}
 
@@ -95,25 +95,25 @@ def cmd_study(client: LayerPruneClient, args: argparse.Namespace) -> int:
 
     try:
         study = client.wait_study(study.id, on_progress=on_progress)
-        code = EXIT_OK
+        code = "ok"
     except StudyFailed as exc:
-        study, code = exc.study, EXIT_CANCELLED if exc.study.status == "cancelled" else EXIT_FAILED
+        study, code = exc.study, "cancelled" if exc.study.status == "cancelled" else "failed"
     print(json.dumps(study.raw, indent=2) if args.json else _header(study) + "\n" + study_table(study.raw))
     return code
 
 
-def cmd_studies(client: LayerPruneClient, args: argparse.Namespace) -> int:
+def cmd_studies(client: LayerPruneClient, args: argparse.Namespace) -> str:
     if args.studies_command == "list":
         page = client.list_studies(limit=args.limit)
         if args.json:
             print(json.dumps([s.raw for s in page.data], indent=2))
-            return EXIT_OK
+            return "ok"
         rows = [[s.id, s.status, f"{s.done}/{s.total}", s.raw.get("model"), s.raw.get("created_at")] for s in page.data]
         print(table(["id", "status", "done", "model", "created"], rows))
-        return EXIT_OK
+        return "ok"
     if args.studies_command == "show":
         study = client.get_study(args.study_id)
     else:
         study = client.cancel_study(args.study_id)
     print(json.dumps(study.raw, indent=2) if args.json else _header(study) + "\n" + study_table(study.raw))
-    return EXIT_OK
+    return "ok"

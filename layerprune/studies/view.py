@@ -8,8 +8,8 @@ The study's status is derived from its jobs:
   reported as such among the others).
 
 Figures (docs/contract.md, "Studies"): ``params`` after pruning; ``perplexity`` (lower is better);
-``mean_acc``, the mean over the evaluated tasks of each task's accuracy (``acc``; a generative
-task's first higher-is-better metric); ``quality``, the one of the two the study ranks by;
+``mean_acc``, the mean ``acc`` of the evaluated multiple-choice tasks
+(core.evaluate.report.mean_accuracy; generative tasks have their own figures); ``quality``, the one of the two the study ranks by;
 ``speedup``, decode tokens/s of the candidate over the input model's at the smallest batch size,
 measured in the same job one after the other (core/evaluate/speed.py), null when not measured.
 """
@@ -30,19 +30,10 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def mean_acc(tasks: dict[str, Any] | None) -> float | None:
-    values = []
-    for result in (tasks or {}).values():
-        if not isinstance(result, dict):
-            continue
-        value = result.get("acc")
-        if value is None:
-            for name, higher in (result.get("higher_is_better") or {}).items():
-                if higher and isinstance(result.get(name), int | float):
-                    value = result[name]
-                    break
-        if isinstance(value, int | float):
-            values.append(float(value))
-    return sum(values) / len(values) if values else None
+    """Mean multiple-choice accuracy: core.evaluate.report.mean_accuracy, the one definition."""
+    from layerprune.core.evaluate.report import mean_accuracy
+
+    return mean_accuracy({"tasks": tasks or {}})
 
 
 def _perplexity(evaluation: dict[str, Any] | None) -> float | None:

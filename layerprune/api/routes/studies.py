@@ -18,13 +18,13 @@ from layerprune.api.study_jobs import (
     create_study_jobs,
     dispatch_jobs,
     parse_study,
-    study_public,
     validate_study,
 )
-from layerprune.api.study_schemas import StudiesPublic, StudyPublic
 from layerprune.db import idempotency
 from layerprune.db.studies import finalize_finished, get_study, list_studies, study_jobs, study_seq
 from layerprune.logs import bind
+from layerprune.queue.study_object import study_public
+from layerprune.studies.schemas import StudiesPublic, StudyPublic
 from layerprune.studies.spec import StudySpec
 
 log = logging.getLogger(__name__)
