@@ -40,7 +40,8 @@ STARTUP_RETRY_SECONDS = 5.0
 def sweep_once(session_factory: Callable[[], Any], settings: Settings | None = None, *,
                dispatch: bool = True, reap: bool = True) -> dict[str, Any]:
     """One pass: ``reap`` recovers expired leases and purges expired idempotency keys; ``dispatch``
-    sends the outbox. Returns what it did: ``reaped`` (job ids), ``purged_keys``, ``dispatched``."""
+    sends the outbox and records ended studies. Returns what it did: ``reaped`` (job ids),
+    ``purged_keys``, ``dispatched``, and ``studies_finished`` (study ids) when there are any."""
     settings = settings or get_settings()
     out: dict[str, Any] = {}
     if reap:
@@ -52,7 +53,9 @@ def sweep_once(session_factory: Callable[[], Any], settings: Settings | None = N
     if dispatch:
         out["dispatched"] = dispatch_pending(session_factory)
         with session_factory() as session:
-            out["studies_finished"] = finalize_finished(session)
+            finished = finalize_finished(session)
+        if finished:
+            out["studies_finished"] = finished
     return out
 
 
@@ -98,7 +101,7 @@ class Sweeper(threading.Thread):
     def _log(res: dict[str, Any]) -> None:
         if res.get("reaped"):
             log.warning("re-queued or failed jobs with expired leases", extra={"job_ids": res["reaped"]})
-        if res.get("dispatched") or res.get("purged_keys"):
+        if res.get("dispatched") or res.get("purged_keys") or res.get("studies_finished"):
             log.info("sweep: %s", {k: v for k, v in res.items() if k != "reaped"})
 
     def stop(self, timeout: float = 5.0) -> None:
