@@ -406,7 +406,9 @@ def test_a_finished_real_job_page_and_a_study(live_server, browser, tmp_path):
 
     # A study from a fixture of the GET /v1/studies/{id} shape; one candidate is this real job.
     study = json.loads((DATA / "study_fixture.json").read_text())
+    fixture_id = study["candidates"][3]["job_id"]
     study["candidates"][3]["job_id"] = job_id
+    study["pareto"] = {axis: [job_id if j == fixture_id else j for j in ids] for axis, ids in study["pareto"].items()}
     browser.eval(f"window.layerpruneDashboard.renderStudy({json.dumps(study)})")
     assert browser.eval("!document.querySelector('#study').hidden")
     for chart, axis in (("#s-chart-params", "params"), ("#s-chart-speed", "speed")):

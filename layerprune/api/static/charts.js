@@ -54,7 +54,8 @@ export function layerChart(scores, removed, numLayers, metric) {
   if (!n) return note("no layer scores yet");
   const removedSet = new Set(removed || []);
   const vals = (scores || []).filter((v) => typeof v === "number" && isFinite(v));
-  const W = 720, H = 220, left = 48, bottom = 28, top = 10;
+  // Without scores the bars only mark positions: a short strip, not an empty plot.
+  const W = 720, H = vals.length ? 220 : 70, left = 48, bottom = 28, top = 10;
   const bw = (W - left - 6) / n;
   const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "per-layer importance scores" });
   svg.append(svgEl("line", { x1: left, x2: W, y1: H - bottom, y2: H - bottom, stroke: "#c8cdd8" }));
@@ -103,7 +104,7 @@ export function layerChart(scores, removed, numLayers, metric) {
 export function paretoChart({ points, xLabel, yLabel, xFormat, yFormat, higherIsBetter, ariaLabel }) {
   const pts = points.filter((p) => typeof p.x === "number" && typeof p.y === "number");
   if (!pts.length) return note("no finished candidates with this figure yet");
-  const W = 520, H = 300, left = 58, right = 14, top = 14, bottom = 40;
+  const W = 520, H = 300, left = 58, right = 30, top = 14, bottom = 40;
   const xs = pts.map((p) => p.x), ys = pts.map((p) => p.y);
   const pad = (lo, hi) => { const d = (hi - lo) || Math.abs(hi) || 1; return [lo - d * 0.08, hi + d * 0.08]; };
   const [x0, x1] = pad(Math.min(...xs), Math.max(...xs));

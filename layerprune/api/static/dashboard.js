@@ -185,6 +185,12 @@ $("#status-filter").addEventListener("change", refreshJobs);
 $("#d-cancel").addEventListener("click", cancelJob);
 $("#d-delete").addEventListener("click", deleteArtifacts);
 window.addEventListener("hashchange", () => { if (apiKey() && state.fields) route(); });
+// A link to the page already in the address bar (a study's candidate whose job was open before)
+// fires no hashchange: route it anyway.
+document.addEventListener("click", (ev) => {
+  const a = ev.target.closest && ev.target.closest("a[href^='#']");
+  if (a && a.getAttribute("href") === location.hash && apiKey() && state.fields) route();
+});
 
 // For tests and the console: draw a chart, a table or a study from given data.
 window.layerpruneDashboard = {
