@@ -173,9 +173,10 @@ def _task_table(metrics: Mapping[str, Any]) -> list[str]:
                 continue
             fmt = units.field(metric)["format"]
             change = units.format_change(fmt, b, a) if isinstance(b, int | float) else ""
-            rows.append(f"| {units.TASK_LABELS.get(task, task)} | {units.field(metric)['label']} | "
-                        f"{'higher' if higher else 'lower'} | {_stat(fmt, b, prior.get(metric + '_stderr'))} | "
-                        f"{_stat(fmt, a, res.get(metric + '_stderr'))} | {change} | {res.get('n', '')} |")
+            err = units.stderr_key(metric)
+            rows.append(f"| {units.TASK_LABELS.get(task, task)} | {units.metric_label(metric)} | "
+                        f"{'higher' if higher else 'lower'} | {_stat(fmt, b, prior.get(err))} | "
+                        f"{_stat(fmt, a, res.get(err))} | {change} | {res.get('n', '')} |")
     return rows + [""]
 
 

@@ -105,6 +105,20 @@ def field(name: str) -> dict[str, Any]:
                                                     "format": "number"}
 
 
+def metric_label(name: str) -> str:
+    """``exact_match,flexible-extract`` → ``"exact match (flexible-extract)"``: the field's label and
+    the lm-eval filter that produced the figure."""
+    base, _, filter_name = name.partition(",")
+    label = field(base)["label"]
+    return f"{label} ({filter_name})" if filter_name else label
+
+
+def stderr_key(name: str) -> str:
+    """Where a task result keeps ``name``'s standard error (lm-eval: ``exact_match_stderr,strict-match``)."""
+    base, sep, filter_name = name.partition(",")
+    return f"{base}_stderr{sep}{filter_name}"
+
+
 def format_value(fmt: str, x: float | int | None) -> str:
     """One figure in its field's format (``"-"`` when missing)."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):

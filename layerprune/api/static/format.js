@@ -80,6 +80,19 @@ export function field(fields, name) {
   return fields[name] || fields[base] || { label: name.replaceAll("_", " "), unit: "", good: null, format: "number" };
 }
 
+// units.metric_label: "exact match (flexible-extract)" for lm-eval's "exact_match,flexible-extract".
+export function metricLabel(fields, name) {
+  const [base, filter] = name.split(",");
+  const label = field(fields, base).label;
+  return filter ? label + " (" + filter + ")" : label;
+}
+
+// units.stderr_key: "exact_match_stderr,strict-match" beside "exact_match,strict-match".
+export function stderrKey(name) {
+  const i = name.indexOf(",");
+  return i < 0 ? name + "_stderr" : name.slice(0, i) + "_stderr" + name.slice(i);
+}
+
 export function fmtTime(iso) {
   if (!iso) return "—";
   return new Date(iso).toISOString().replace("T", " ").slice(0, 19);

@@ -2,7 +2,7 @@
 // its before/after table. Labels, units, better directions and formats come from the field
 // descriptors (core/units.py FIELDS via /dashboard/fields.json); numbers go through format.js.
 
-import { field, fixed, formatChange, formatValue, verdict } from "./format.js";
+import { field, fixed, formatChange, formatValue, metricLabel, stderrKey, verdict } from "./format.js";
 
 // "angular · 25% · linear · distill": how a study labels its candidates too.
 export function recipeLabel(spec) {
@@ -78,9 +78,9 @@ export function comparisonRows(result, F) {
       const d = field(fields, metric);
       const good = hib ? (hib[metric] ? "higher" : "lower") : d.good;
       const fmt = metric === "perplexity" || metric.startsWith("word_perplexity") ? "ppl" : d.format;
-      const label = (tasksLabel[task] || task) + " " + d.label;
+      const label = (tasksLabel[task] || task) + " " + metricLabel(fields, metric);
       rows.push(row("tasks." + task + "." + metric, label, d.unit, good, fmt, tb[metric] ?? null, ta[metric] ?? null,
-        { beforeErr: tb[metric + "_stderr"], afterErr: ta[metric + "_stderr"] }));
+        { beforeErr: tb[stderrKey(metric)], afterErr: ta[stderrKey(metric)] }));
     }
   }
   const sb = (before.speed || {}).batches || {}, sa = (after.speed || {}).batches || {};
