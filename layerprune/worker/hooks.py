@@ -18,8 +18,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from sqlalchemy import select
+
 from layerprune.core.hooks import Hooks
 from layerprune.core.progress import JobProgress
+from layerprune.db.models import Job
 from layerprune.db.queue import add_job_event, set_progress, set_stage
 
 log = logging.getLogger(__name__)
@@ -56,10 +59,20 @@ class JobReporter:
         self.interval = interval
         self.stage: str | None = None
         self.job_progress = JobProgress(stages)
+        # A retried attempt resumes where the last one left the row: the number never goes back.
+        self.job_progress.value = self._stored_progress()
         self.latest: dict[str, Any] = {}
         self.current: dict[str, Any] = {}  # the latest detail: part, task, documents done
         self._last_emit = 0.0
         self._infos = 0
+
+    def _stored_progress(self) -> float:
+        try:
+            with self.sf() as s:
+                return float(s.scalar(select(Job.progress).where(Job.id == self.job_id)) or 0.0)
+        except Exception as exc:  # noqa: BLE001 - see module doc
+            log.warning("job %s: could not read its progress: %s", self.job_id, exc)
+            return 0.0
 
     def _write(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         try:

@@ -89,3 +89,19 @@ def test_progress_events_carry_part_and_task_and_never_go_backwards(sessions):
     assert piqa["task_done"] == 4 and piqa["task_total"] == 25 and piqa["tasks"] == {"piqa": [4, 25]}
     start, share = rep.job_progress.spans["evaluate"]
     assert abs(piqa["progress"] - (start + share * (0.5 + 0.5 * 4 / 25))) < 1e-9
+
+
+def test_a_retried_attempt_does_not_take_the_progress_back(sessions):
+    job_id = new_job(sessions)
+    with sessions() as s:
+        claim_job(s, job_id, "w", 60)
+    first = JobReporter(sessions, job_id, "w", ["prune", "evaluate", "export"], threading.Event(), interval=0)
+    first.on_stage("evaluate")
+    first.hooks().progress(9, 10, "nearly done")
+    reached = first.job_progress.value
+    # The next attempt resumes at the start of the stage it had not finished.
+    second = JobReporter(sessions, job_id, "w", ["prune", "evaluate", "export"], threading.Event(), interval=0)
+    second.on_stage("evaluate")
+    second.hooks().progress(1, 10, "started again")
+    with sessions() as s:
+        assert s.get(Job, job_id).progress == reached
