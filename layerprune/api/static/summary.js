@@ -23,10 +23,12 @@ export function recipeLabel(spec) {
   return parts.join(" · ");
 }
 
-// Mean of the tasks' accuracy ("acc") on one side of the evaluation; null without tasks.
+// core.evaluate.report.mean_accuracy: the mean of each multiple-choice task's "acc" on one side of
+// the evaluation (generative tasks, which carry higher_is_better, are not in it); null without any.
 export function meanAcc(side) {
   const tasks = (side || {}).tasks || {};
-  const accs = Object.values(tasks).map((t) => t && t.acc).filter((a) => typeof a === "number");
+  const accs = Object.values(tasks).filter((t) => t && typeof t === "object" && !("higher_is_better" in t))
+    .map((t) => t.acc).filter((a) => typeof a === "number");
   return accs.length ? accs.reduce((a, b) => a + b, 0) / accs.length : null;
 }
 
