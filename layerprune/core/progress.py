@@ -11,7 +11,9 @@ healing steps of 4 sequences of 256 tokens, base and result evaluated on 16 perp
 256 tokens and 25 documents each of ARC-Easy, PIQA and HellaSwag; 2 CPU cores under load): the
 stages' seconds are its result's ``timings`` (prune 2.4, finetune 837, evaluate 396, export 0.02)
 and the evaluation's parts each model's ``metrics.<side>.timings`` (base: load 1.2, perplexity 48.1,
-tasks 171.6; result: 1.0, 36.6, 137.5). Prune is raised to the 17 s that angular scoring on 32
+tasks 171.6; result: 1.0, 36.6, 137.5). A second run of the same job (2026-11-30, load average
+10–15; its record is tests/ops/data/demo_job_replay.json) took prune 0.7, finetune 837, evaluate
+585, export 0.04 seconds: the evaluate weight is the mean of the two runs. Prune is raised to the 17 s that angular scoring on 32
 calibration samples took (bench/results/quality-rows.jsonl), since most jobs score layers; export
 to 1 s for the copy of a larger model. Generation and speed were not in that job: their figures
 are estimates, marked below. Only ratios matter; a stage a job skips drops out and the rest are
@@ -27,7 +29,7 @@ from typing import Any
 from layerprune.core.hooks import Hooks
 
 # Seconds of each stage (see the module doc).
-STAGE_WEIGHTS: dict[str, float] = {"prune": 17.0, "finetune": 837.0, "evaluate": 396.0, "export": 1.0}
+STAGE_WEIGHTS: dict[str, float] = {"prune": 17.0, "finetune": 837.0, "evaluate": 490.0, "export": 1.0}
 
 # One evaluation's parts, in measured seconds per unit of work, so that a job of other sizes
 # splits its evaluation in proportion (base model of the demo job: see the module doc).
