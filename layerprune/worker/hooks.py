@@ -23,7 +23,7 @@ from sqlalchemy import select
 from layerprune.core.hooks import Hooks
 from layerprune.core.progress import JobProgress
 from layerprune.db.models import Job
-from layerprune.db.queue import add_job_event, set_progress, set_stage
+from layerprune.queue.transitions import add_job_event, set_progress, set_stage
 
 log = logging.getLogger(__name__)
 

@@ -137,8 +137,8 @@ def browser(tmp_path):
 
 
 def test_dashboard_watches_a_job_to_done(live_server, browser, tmp_path):
-    from layerprune.db.queue import claim_job, finish_job, set_progress, set_stage
     from layerprune.db.session import dispose_engines, session_factory
+    from layerprune.queue.transitions import claim_job, finish_job, set_progress, set_stage
     from layerprune.storage import LocalStore
 
     base, env = live_server
@@ -255,7 +255,7 @@ def _replay_real_job(sessions, job_id: str, worker: str, recorded: dict) -> None
 
     from layerprune.core.pipeline import stages_of
     from layerprune.core.spec import JobSpec
-    from layerprune.db.queue import add_job_event, claim_job, finish_job
+    from layerprune.queue.transitions import add_job_event, claim_job, finish_job
     from layerprune.worker.hooks import JobReporter
 
     with sessions() as s:

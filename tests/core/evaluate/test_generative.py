@@ -275,7 +275,7 @@ def test_cli_table_and_model_card_show_generative_metrics(tmp_path: Path) -> Non
 def test_dashboard_direction_of_each_metric(tmp_path: Path) -> None:
     from layerprune.core.units import fields_json
 
-    static = Path(__file__).parents[2] / "layerprune/api/static"
+    static = Path(__file__).parents[3] / "layerprune/api/static"
     for name in ("format", "summary"):  # the page's own modules, loadable by node as .mjs
         text = (static / f"{name}.js").read_text().replace('from "./format.js"', 'from "./format.mjs"')
         (tmp_path / f"{name}.mjs").write_text(text)
