@@ -409,6 +409,11 @@ def test_a_finished_real_job_page_and_a_study(live_server, browser, tmp_path):
     fixture_id = study["candidates"][3]["job_id"]
     study["candidates"][3]["job_id"] = job_id
     study["pareto"] = {axis: [job_id if j == fixture_id else j for j in ids] for axis, ids in study["pareto"].items()}
+    # GET /v1/studies answers {"data": [study, ...], ...}: the list shows each with its recommended recipe.
+    browser.eval(f"window.layerpruneDashboard.renderStudies({json.dumps([study])})")
+    listed = browser.eval("[...document.querySelectorAll('#studies tbody tr')].map(r => [r.dataset.id, "
+                          "r.querySelector('td.recipe').textContent])")
+    assert listed == [[study["id"], "angular · 4 layers · linear · distill"]]
     browser.eval(f"window.layerpruneDashboard.renderStudy({json.dumps(study)})")
     assert browser.eval("!document.querySelector('#study').hidden")
     for chart, axis in (("#s-chart-params", "params"), ("#s-chart-speed", "speed")):

@@ -198,6 +198,7 @@ window.layerpruneDashboard = {
   renderChart: (scores, removed, n, metric) => $("#d-chart").replaceChildren(layerChart(scores, removed, n, metric)),
   renderMetrics: (result) => renderComparison(result, state.fields),
   renderStudy: (study) => { showView("studies"); renderStudy(study, state.fields); },
+  renderStudies: (studies) => { showView("studies"); renderStudies(studies); },
   renderLoss,
 };
 start();
