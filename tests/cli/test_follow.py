@@ -1,6 +1,7 @@
 """cli.follow against a real API (the embedded app served by uvicorn in this process, on a free
 port): a finished job is replayed without a stream; a running job is followed over server-sent
-events to its end with every event drawn once, in order; an unknown job is an error."""
+events to its end with every event drawn once, in order, and so it is where the server refuses
+the stream (the JSON events are polled instead); an unknown job is an error."""
 
 from __future__ import annotations
 
@@ -20,6 +21,28 @@ from tests.api.helpers import PRUNE
 from tests.service_fixtures import service_env
 
 KEY = "lp_follow_key_0123456789"
+SSE = {"enabled": True, "served": 0, "refused": 0}  # switched off by a test: streams are then refused
+
+
+def sse_switch(app: Any) -> Any:
+    """The app, answering 501 to ``Accept: text/event-stream`` while ``SSE["enabled"]`` is off
+    (a contract-conforming server without the stream, or a proxy that refuses it)."""
+
+    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        accept = dict(scope.get("headers") or []).get(b"accept", b"")
+        wants_stream = scope["type"] == "http" and b"text/event-stream" in accept
+        if wants_stream and SSE["enabled"]:
+            SSE["served"] += 1
+        elif wants_stream:
+            SSE["refused"] += 1
+            body = b'{"error": {"code": "not_implemented", "message": "no event streams here", "param": null}}'
+            await send({"type": "http.response.start", "status": 501,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await app(scope, receive, send)
+
+    return wrapped
 
 
 class RecordingView(ProgressView):
@@ -50,7 +73,8 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LayerPruneCl
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with service_env(data_dir=data_dir, database_url=None, broker_url=None, storage_url=None):
-        server = uvicorn.Server(uvicorn.Config(create_app(settings, start_background=False), host="127.0.0.1",
+        server = uvicorn.Server(uvicorn.Config(sse_switch(create_app(settings, start_background=False)),
+                                               host="127.0.0.1",
                                                port=port, log_level="warning", lifespan="on"))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
@@ -108,6 +132,7 @@ def test_a_running_job_is_followed_to_its_end_with_each_event_once(api) -> None:
                               kwargs={"finish": "succeeded", "delay": 0.3})
     writer.start()
     view = RecordingView()
+    served = SSE["served"]
     started = time.monotonic()
     job = follow(client, job_id, view, poll_interval=0.1)
     writer.join()
@@ -117,6 +142,28 @@ def test_a_running_job_is_followed_to_its_end_with_each_event_once(api) -> None:
     assert view.statuses[0] == "queued" and view.statuses[-1] == "succeeded"
     assert view.progress == 1.0
     assert time.monotonic() - started < 20
+    assert SSE["served"] == served + 1  # one stream, never dropped
+
+
+def test_without_the_stream_the_json_events_are_polled(api) -> None:  # type: ignore[no-untyped-def]
+    client, url = api
+    job_id = client.create_job(PRUNE).id
+    add_progress(url, job_id, range(2))
+    writer = threading.Thread(target=add_progress, args=(url, job_id, range(2, 5)),
+                              kwargs={"finish": "cancelled", "delay": 0.3})
+    SSE["enabled"] = False
+    try:
+        writer.start()
+        view = RecordingView()
+        job = follow(client, job_id, view, poll_interval=0.1)
+        writer.join()
+    finally:
+        SSE["enabled"] = True
+    assert job.status == "cancelled"
+    assert view.events == recorded(client, job_id)  # the cursor moved on: nothing twice, nothing lost
+    assert [step for kind, step in view.events if kind == "progress"] == list(range(5))
+    assert view.statuses[-1] == "cancelled"
+    assert SSE["refused"] == 1  # refused once, not retried
 
 
 def test_an_unknown_job_is_an_error(api) -> None:  # type: ignore[no-untyped-def]
