@@ -55,6 +55,7 @@ def test_migrate_brings_the_embedded_database_to_head(embedded: Path, capsys: py
     assert main(["migrate"]) == EXIT_OK  # again: nothing to do, same answer
 
 
+@pytest.mark.service
 def test_migrate_never_prints_the_database_password(pg_with_password: str,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     from layerprune.db.migrate import current_revision, head_revision
@@ -81,6 +82,7 @@ def test_keys_create_prints_a_working_key_once(embedded: Path, capsys: pytest.Ca
         assert tenant_for_key(s, key + "x") is None
 
 
+@pytest.mark.service
 def test_a_missing_key_secret_is_one_line_before_anything_starts(pg_with_password: str,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     from layerprune.db.migrate import current_revision
