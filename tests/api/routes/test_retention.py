@@ -2,7 +2,8 @@
 
 A live job is refused (409) in each live state; a finished job loses its artifact rows and stored
 files, keeps its record, and gains one ``artifact`` event with the exact count and bytes; a
-repeat is idempotent and changes nothing more. (Postgres, the tenant check and signed links:
+repeat is idempotent and changes nothing more; an object store that is down is a 503 after the
+rows are gone. (Postgres, the tenant check and signed links:
 tests/ops/test_api_ops.py; S3: tests/ops/test_api_s3.py.)
 """
 
@@ -112,3 +113,40 @@ def test_unknown_job_and_missing_key(service) -> None:
     r = client.delete("/v1/jobs/job_" + "z" * 24, headers=H)
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     assert client.delete("/v1/jobs/job_" + "z" * 24).status_code == 401
+
+
+def test_an_object_store_that_fails_after_the_rows_are_gone_is_a_503_to_retry(tmp_path: Path,
+                                                                               monkeypatch) -> None:
+    """Rows go first (with the event), then the files: a store that fails leaves nothing pointing
+    at the leftovers, and the repeated DELETE records nothing twice."""
+    pytest.importorskip("boto3")
+    import socket
+
+    from layerprune.api.app import create_app
+    from layerprune.settings import Settings
+
+    with socket.socket() as s:  # a port nothing listens on: the object store is down
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    settings = Settings(data_dir=tmp_path, key_secret="k" * 32, api_keys=f"t1:{KEY}",
+                        storage_url="s3://artifacts/lp", s3_endpoint_url=f"http://127.0.0.1:{port}")
+    url = settings.effective_database_url
+    with service_env(data_dir=tmp_path, database_url=None, broker_url=None, storage_url=None), \
+            TestClient(create_app(settings, start_background=False)) as client:
+        job_id = new_job(client)
+        set_status(url, job_id, "succeeded", result={"artifacts": [{"path": "model.safetensors"}]})
+        with session_scope(url) as s:
+            s.add(Artifact(job_id=job_id, path="model.safetensors", size_bytes=123, sha256="0" * 64,
+                           storage_key=f"t1/{job_id}/model.safetensors"))
+        for attempt in range(2):
+            r = client.delete(f"/v1/jobs/{job_id}", headers=H)
+            assert r.status_code == 503, (attempt, r.text)
+            assert r.json()["error"]["code"] == "storage_error" and "retry" in r.json()["error"]["message"]
+        with session_scope(url) as s:
+            assert s.scalars(select(Artifact).where(Artifact.job_id == job_id)).all() == []
+        (event,) = events(url, job_id)
+        assert event.data == {"deleted": True, "count": 1, "size_bytes": 123}
+        assert client.get(f"/v1/jobs/{job_id}", headers=H).json()["result"]["artifacts"] == []
