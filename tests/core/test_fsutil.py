@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,7 +42,16 @@ def crash_in_child(work: Callable[[], None]) -> None:
             work()
         finally:
             os._exit(3)  # reached only if work() did not crash: the parent's assertion fails
-    _, status = os.waitpid(pid, 0)
+    deadline = time.monotonic() + 60
+    while True:  # bounded: a child stuck on a lock inherited from another thread must not hang the run
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("the child neither crashed nor finished within 60 s")
+        time.sleep(0.02)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
 
 
