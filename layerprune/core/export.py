@@ -14,6 +14,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from layerprune.core.evaluate.report import sample_pairs
 from layerprune.core.sources import sha256_file
 from layerprune.core.units import human_bytes
 
@@ -134,7 +135,7 @@ def _card_body(record: Mapping[str, Any]) -> str:
         lines += ["## Healing", "", "```json", json.dumps(finetune, indent=2, default=str)[:4000], "```", ""]
     metrics = _part(record, "metrics")
     if metrics:
-        lines += ["## Evaluation", ""] + _task_table(metrics) + _speed_table(metrics) + ["```json", json.dumps(metrics, indent=2, default=str)[:4000], "```", ""]
+        lines += ["## Evaluation", ""] + _task_table(metrics) + _speed_table(metrics) + _samples(metrics) + ["```json", json.dumps(metrics, indent=2, default=str)[:4000], "```", ""]
     lines += ["## Provenance", "",
               f"Base model `{base.get('ref')}` (revision {base.get('revision')}); sha256 of every input file, the "
               f"spec, scores, calibration data and library versions are in `{RECORD_NAME}`.", ""]
@@ -181,6 +182,17 @@ def _speed_table(metrics: Mapping[str, Any]) -> list[str]:
                   f"{cfg.get('prompt_tokens')}-token prompts, {cfg.get('new_tokens')} greedy new tokens, median of "
                   f"{cfg.get('repeats')} runs after {cfg.get('warmup')} warm-up"
                   f"{', before and after interleaved' if cfg.get('interleaved') else ''}.", ""]
+
+
+def _samples(metrics: Mapping[str, Any]) -> list[str]:
+    """The greedy answers to the job's fixed prompts (evaluate.samples), before and after."""
+    out: list[str] = []
+    for prompt, before, after in sample_pairs(dict(metrics)):
+        out += [f"**Prompt:** {prompt}", ""]
+        if before is not None:
+            out += ["Before:", "", "> " + before.replace("\n", "\n> "), ""]
+        out += ["After:", "", "> " + after.replace("\n", "\n> "), ""]
+    return out
 
 
 def _tok_s(x: Any) -> str:

@@ -337,6 +337,15 @@ class SpeedSpec(_Strict):
         return v
 
 
+class SamplesSpec(_Strict):
+    """A few fixed prompts the model answers greedily, before and after (samples.py)."""
+
+    prompts: list[Annotated[str, Field(min_length=1, max_length=4000)]] = Field(..., min_length=1, max_length=8)
+    max_new_tokens: int = Field(48, ge=1, le=1024)
+    # None: the tokenizer's chat template when it has one; true/false force it on/off.
+    chat_template: bool | None = None
+
+
 class EvaluateSpec(_Strict):
     perplexity: PerplexitySpec | None = None
     tasks: list[TaskName] = Field(default_factory=list)
@@ -352,6 +361,13 @@ class EvaluateSpec(_Strict):
     gsm8k_train: str | None = Field(None, min_length=1, max_length=4096)
     # Prefill/decode tokens/s before and after (true: the defaults; false/absent: not measured).
     speed: SpeedSpec | None = None
+    # Greedy answers to fixed prompts, before and after (a list of strings is short for {"prompts": [...]}).
+    samples: SamplesSpec | None = None
+
+    @field_validator("samples", mode="before")
+    @classmethod
+    def _samples_shorthand(cls, v: Any) -> Any:
+        return {"prompts": v} if isinstance(v, list) else v
 
     @field_validator("speed", mode="before")
     @classmethod
@@ -369,8 +385,8 @@ class EvaluateSpec(_Strict):
 
     @model_validator(mode="after")
     def _something(self) -> EvaluateSpec:
-        if self.perplexity is None and not self.tasks and self.speed is None:
-            raise SpecError("evaluate needs 'perplexity', 'tasks' and/or 'speed'", param="evaluate")
+        if self.perplexity is None and not self.tasks and self.speed is None and self.samples is None:
+            raise SpecError("evaluate needs 'perplexity', 'tasks', 'speed' and/or 'samples'", param="evaluate")
         if self.apply_chat_template:
             for i, task in enumerate(self.tasks):
                 if task not in GENERATIVE_TASKS:

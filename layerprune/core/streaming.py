@@ -285,8 +285,13 @@ def stream_prune(src_dir: Path, out_dir: Path, removed: Sequence[int], hooks: Ho
     """
     from transformers import AutoConfig
 
-    from layerprune.core.architecture import layers_key_prefix, num_layers_of
-    from layerprune.core.removal import cut_layer_config, keep_list, refuse_index_dependent_math
+    from layerprune.core.architecture import num_layers_of
+    from layerprune.core.removal import (
+        cut_layer_config,
+        keep_list,
+        layers_key_prefix,
+        refuse_index_dependent_math,
+    )
 
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     if out_dir.resolve() == src_dir.resolve():

@@ -35,7 +35,7 @@ def test_readyz_names_migrations_behind(service_settings, tmp_path):
 
 
 def test_broker_down_job_still_accepted_then_dispatched_by_the_outbox(client, new_tenant, app):
-    from layerprune.dispatch import dispatch_pending
+    from layerprune.queue.outbox import dispatch_pending
 
     _, h = new_tenant
     with service_env(broker_url="redis://127.0.0.1:1/0"):

@@ -19,9 +19,9 @@ from sqlalchemy import select
 from layerprune.api.deps import SessionDep, SettingsDep, TenantDep
 from layerprune.api.errors import ApiError, not_found
 from layerprune.api.schemas import ArtifactPublic, error_responses
+from layerprune.artifact_store import get_store
 from layerprune.db.jobs import get_job
 from layerprune.db.models import Artifact
-from layerprune.storage import get_store
 
 router = APIRouter(prefix="/v1/jobs", tags=["artifacts"])
 

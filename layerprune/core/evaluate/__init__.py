@@ -35,8 +35,8 @@ def check_evaluate_spec(spec: EvaluateSpec) -> None:
     pydantic already checks these on a parsed spec; this also covers specs built without
     validation (``model_construct``) and checks that a local perplexity file can be read.
     """
-    if spec.perplexity is None and not spec.tasks and spec.speed is None:
-        raise SpecError("evaluate needs 'perplexity', 'tasks' and/or 'speed'", param="evaluate")
+    if spec.perplexity is None and not spec.tasks and spec.speed is None and spec.samples is None:
+        raise SpecError("evaluate needs 'perplexity', 'tasks', 'speed' and/or 'samples'", param="evaluate")
     for i, name in enumerate(spec.tasks):
         if name not in TASK_NAMES:
             raise SpecError(f"unknown task '{name}'; supported: {', '.join(TASK_NAMES)}", param=f"evaluate.tasks[{i}]")
@@ -145,6 +145,12 @@ def evaluate_model(
             hooks=hooks))
         timings["generative_tasks_s"] = time.perf_counter() - t
     result["tasks"] = {name: result["tasks"][name] for name in spec.tasks}
+    if spec.samples is not None:
+        from layerprune.core.evaluate.samples import generate_samples
+
+        t = time.perf_counter()
+        result["samples"] = generate_samples(model, tokenizer, spec.samples, hooks)
+        timings["samples_s"] = time.perf_counter() - t
     result["params"] = count_params(model)
     result["size_bytes"] = weights_size_bytes(Path(model_dir))
     result["num_layers"] = num_layers_of(model.config)
