@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 
 from layerprune.db.models import Job
 from layerprune.db.session import session_scope
-from layerprune.dispatch import TASK_NAME
+from layerprune.queue.celery_app import TASK_NAME
 from layerprune.worker.tasks import DB_RETRY_MAX, DB_RETRY_SECONDS, run_job
 from tests.service_fixtures import service_env
 
