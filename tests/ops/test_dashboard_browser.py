@@ -176,6 +176,12 @@ def test_dashboard_watches_a_job_to_done(live_server, browser, tmp_path):
         browser.wait_for("document.querySelector('#d-progress-text').textContent.startsWith('60%')")
         browser.wait_for("[...document.querySelectorAll('#d-events li')].some(li => "
                          "li.textContent.includes('scoring layer 6/8') && li.textContent.includes('loss 2.500'))")
+        # The bar says what it measures, as the CLI's does: stage, pass and task with its documents.
+        with sessions() as s:
+            assert set_stage(s, job_id, worker, "evaluate", progress=0.7)
+            assert set_progress(s, job_id, worker, 0.8, message="piqa: 12/25 documents", event={
+                "stage": "evaluate", "part": "after", "task": "piqa", "task_done": 12, "task_total": 25})
+        browser.wait_for("document.querySelector('#d-progress-text').textContent === '80% · evaluate · after · piqa 12/25'")
         browser.screenshot(tmp_path / "dashboard-running.png")
 
         out = tmp_path / "out"
