@@ -41,7 +41,7 @@ print('\n'.join(p['dependencies'] + extras['gpu'] + extras['s3']))" > /tmp/requi
 COPY README.md ./
 COPY layerprune ./layerprune
 RUN pip install --no-deps . \
- && rm -rf /app/layerprune /app/build
+ && rm -rf /app/layerprune /app/build /app/*.egg-info
 
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin layerprune \
  && mkdir -p /data \
