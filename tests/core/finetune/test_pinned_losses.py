@@ -85,6 +85,6 @@ def test_losses_equal_the_recorded_ones_step_for_step(tmp_path, case):
             assert g == pytest.approx(w, rel=REL), f"{case}: {key} at step {step}: {g!r} != {w!r}"
 
 
-if __name__ == "__main__":  # python -m tests.core.test_finetune_pinned DIR: print the values to pin
+if __name__ == "__main__":  # python -m tests.core.finetune.test_pinned_losses DIR: print the values to pin
     for name in sorted(CASES):
         print(f"    {name!r}: {record(name, Path(sys.argv[1]) / name)!r},")
