@@ -340,8 +340,11 @@ def _base_evaluation(spec: JobSpec, base_dir: Path, hooks: Hooks, cache: ResultC
 def _run_evaluate(spec: JobSpec, base_dir: Path, model_dir: Path, changed: bool, work_dir: Path,
                   hooks: Hooks, cache: ResultCache | None = None, model_id: str | None = None) -> dict[str, Any]:
     from layerprune.core.evaluate import compare_results, evaluate_model
+    from layerprune.core.progress import evaluate_stage_parts, within
 
     assert spec.evaluate is not None
+    # Each pass reports into its measured share of the stage, labelled (core.progress).
+    parts = evaluate_stage_parts(spec.evaluate, changed and spec.evaluate.compare_base)
     before = None
     if changed and spec.evaluate.compare_base:
         # The base evaluation is its own resumable step: it can take as long as the second one.
@@ -350,19 +353,21 @@ def _run_evaluate(spec: JobSpec, base_dir: Path, model_dir: Path, changed: bool,
             before = json.loads(base_marker.read_text(encoding="utf-8"))
         else:
             hooks.info("evaluating the input model for comparison")
-            before = _base_evaluation(spec, base_dir, hooks, cache, model_id)
+            before = _base_evaluation(spec, base_dir, within(hooks, *parts["before"], part="before"), cache,
+                                      model_id)
             write_json_atomic(base_marker, before)
     hooks.check()
+    after_hooks = within(hooks, *parts["after"], part="after")
     # Unchanged (evaluate-only): the model is the input, whose evaluation other jobs may share.
-    after = (evaluate_model(model_dir, spec.evaluate, hooks, with_speed=False) if changed
-             else _base_evaluation(spec, base_dir, hooks, cache, model_id))
+    after = (evaluate_model(model_dir, spec.evaluate, after_hooks, with_speed=False) if changed
+             else _base_evaluation(spec, base_dir, after_hooks, cache, model_id))
     if spec.evaluate.speed is not None:
         # Measured together, in this process with the same settings (interleaved on CPU: speed.py).
         from layerprune.core.evaluate.speed import measure_model_dirs
 
         hooks.info("measuring prefill and decode speed")
         dirs = [base_dir, model_dir] if before is not None else [model_dir]
-        figures = measure_model_dirs(dirs, spec.evaluate.speed, hooks)
+        figures = measure_model_dirs(dirs, spec.evaluate.speed, within(hooks, *parts["speed"], part="speed"))
         if before is not None:
             before["speed"] = figures[0]
         after["speed"] = figures[-1]

@@ -1,4 +1,5 @@
-"""core.evaluate.report: before/after comparison of hand-made evaluation results (no model).
+"""core.evaluate.report: before/after comparison, speed rows, sample pairs and the mean accuracy
+of hand-made evaluation results (no model).
 
 Every expected figure is written out here from the numbers of the two results, not taken from
 another call of ours.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from layerprune.core.evaluate.report import compare_results, speed_rows
+from layerprune.core.evaluate.report import compare_results, mean_accuracy, sample_pairs, speed_rows
 
 
 def _speed(prefill: float | None, decode: float | None, batches: tuple[str, ...] = ("1", "8")) -> dict:
@@ -102,3 +103,27 @@ def test_speed_rows_of_one_side_or_nothing() -> None:
     # Only the pruned model was measured (no deltas): its figures, no before, no ratio.
     rows = speed_rows({"after": {"speed": _speed(150.0, 12.0, batches=("1",))}})
     assert rows == [("prefill tok/s (batch 1)", None, 150.0, None), ("decode tok/s (batch 1)", None, 12.0, None)]
+
+
+def test_sample_pairs_match_prompts_and_tolerate_one_side() -> None:
+    metrics = {
+        "before": {"samples": [{"prompt": "B?", "text": "b0"}, {"prompt": "A?", "text": "a0"},
+                               {"prompt": "gone?", "text": "only before"}]},
+        "after": {"samples": [{"prompt": "A?", "text": "a1"}, {"prompt": "B?", "text": "b1"},
+                              {"prompt": "new?", "text": "n1"},
+                              {"prompt": "broken?"}, {"text": "no prompt"}]},  # incomplete rows: skipped
+    }
+    # In the pruned model's order, paired by prompt; a prompt not asked before has no before text;
+    # one asked only before has nothing to compare with.
+    assert sample_pairs(metrics) == [("A?", "a0", "a1"), ("B?", "b0", "b1"), ("new?", None, "n1")]
+    assert sample_pairs({"after": {"samples": [{"prompt": "A?", "text": "a1"}]}}) == [("A?", None, "a1")]
+    assert sample_pairs({"before": metrics["before"]}) == []
+    assert sample_pairs({"before": None, "after": {"samples": None}}) == []
+    assert sample_pairs(None) == [] and sample_pairs(["not", "a", "dict"]) == []
+
+
+def test_mean_accuracy_is_over_multiple_choice_tasks_only() -> None:
+    # arc_easy 0.60 and only_before 0.9; lambada and gsm8k list their own metrics (not multiple choice).
+    assert mean_accuracy(BEFORE) == pytest.approx((0.60 + 0.9) / 2)
+    assert mean_accuracy({"tasks": {"a": {"acc": None}, "b": {"acc": 0.5}, "c": "not a result"}}) == 0.5
+    assert mean_accuracy({"tasks": {}}) is None and mean_accuracy({}) is None and mean_accuracy(None) is None
