@@ -1,10 +1,12 @@
 """Each job's JSON as ``GET /v1/jobs/{id}`` answers it, kept in memory while nothing changed it (issue 11).
 
-A poller's GET is then a dictionary look-up on the event loop: no worker thread, no database
-round trip, no validation. Only a change feed (:mod:`layerprune.api.job_changes`) makes an entry
-trustworthy, so the cache serves nothing while its feed is not ready: on Postgres while the
-NOTIFY listener is down or not yet confirmed, on SQLite when the change counter cannot be read.
-Every GET then reads the database, as if there were no cache.
+A poller's GET is then a dictionary look-up on the event loop: no worker thread, no query of
+the job, no validation. Only a change feed (:mod:`layerprune.api.job_changes`) makes an entry
+trustworthy: before answering from memory the cache waits until the feed has reported every
+change committed before the request (so a GET never misses a commit that finished before it was
+sent, whichever process made it), and it serves nothing while its feed is not working: on
+Postgres while the NOTIFY listener is down or not yet confirmed, on SQLite when the change
+counter cannot be read. Every GET then reads the database, as if there were no cache.
 
 A body read from the database is kept only if no change was seen while it was being read: the
 cache's ``generation`` grows with every change the feed reports, and :meth:`JobCache.store` refuses
@@ -22,8 +24,11 @@ MAX_ENTRIES = 10_000
 
 
 class ChangeFeed(Protocol):
-    def ready(self, cache: JobCache) -> bool:
-        """Whether entries may be served now (it may first report changes to ``cache``)."""
+    async def caught_up(self, cache: JobCache) -> bool:
+        """Report to ``cache`` every change committed before this call; False: the feed is down."""
+
+    def up(self) -> bool:
+        """Whether the feed is working (entries may be kept)."""
 
     def start(self, cache: JobCache) -> None:
         """Begin watching (on the running event loop)."""
@@ -39,9 +44,13 @@ class JobCache:
         self.generation = 0
         self._entries: dict[str, tuple[str, bytes]] = {}
 
-    def lookup(self, tenant: str, job_id: str) -> tuple[bytes | None, int | None]:
-        """(the cached body or None, the generation to :meth:`store` a fresh read under; None: don't)."""
-        if not self.feed.ready(self):
+    async def lookup(self, tenant: str, job_id: str) -> tuple[bytes | None, int | None]:
+        """(the cached body or None, the generation to :meth:`store` a fresh read under; None: don't).
+
+        A body is answered only after the feed caught up with every commit made before the call,
+        so it reflects them all (the feed drops the entries they touched first).
+        """
+        if not await self.feed.caught_up(self):
             return None, None
         entry = self._entries.get(job_id)
         if entry is None or entry[0] != tenant:  # another tenant's id reads the database (and is a 404)
@@ -49,7 +58,7 @@ class JobCache:
         return entry[1], self.generation
 
     def store(self, tenant: str, job_id: str, body: bytes, generation: int | None) -> None:
-        if generation is None or generation != self.generation or not self.feed.ready(self):
+        if generation is None or generation != self.generation or not self.feed.up():
             return  # the feed saw a change (or went down) while the body was read
         if len(self._entries) >= MAX_ENTRIES:
             self._entries.clear()

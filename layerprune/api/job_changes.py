@@ -39,6 +39,8 @@ CHANNEL = "layerprune_jobs"  # the trigger of migrations/versions/0003_jobs_noti
 TRIGGER = "jobs_notify"
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 10.0
+IDLE_ROUND_S = 1.0  # a round trip at least this often on the listening connection, requests or not
+ROUND_TIMEOUT_S = 2.0  # a round trip slower than this: the listener counts as down
 # A listener whose peer vanished without closing (a network partition) is found within ~30 s.
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 4}
 
@@ -46,7 +48,10 @@ KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, 
 class NoChanges:
     """No change signal: the cache is never used."""
 
-    def ready(self, cache: JobCache) -> bool:
+    async def caught_up(self, cache: JobCache) -> bool:
+        return False
+
+    def up(self) -> bool:
         return False
 
     def start(self, cache: JobCache) -> None:
@@ -64,10 +69,12 @@ class SqliteChanges:
         self._conn: sqlite3.Connection | None = None
         self._version: int | None = None
 
-    def ready(self, cache: JobCache) -> bool:
+    async def caught_up(self, cache: JobCache) -> bool:
+        # The counter is in the WAL index, updated before a commit returns: reading it here sees
+        # every commit made before this call. No await: this runs on the event loop in ~5 µs.
         try:
             if self._conn is None:
-                # timeout=0: never wait on the event loop; a busy database means "not ready" this once.
+                # timeout=0: never wait on the event loop; a busy database means "not now" this once.
                 self._conn = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
             version = self._conn.execute("PRAGMA data_version").fetchone()[0]
         except sqlite3.Error:
@@ -78,6 +85,9 @@ class SqliteChanges:
             self._version = version
             cache.changed_all()
         return True
+
+    def up(self) -> bool:
+        return self._conn is not None
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -93,19 +103,41 @@ class SqliteChanges:
 
 
 class PostgresChanges:
-    """A ``LISTEN layerprune_jobs`` task on the event loop (see the module docstring)."""
+    """``LISTEN layerprune_jobs`` on a connection of its own, driven by a task on the event loop.
+
+    A notification is sent by the listening server process some time after the commit returned
+    to the committer (it is signalled, then scheduled), so waiting for it could miss a commit made
+    just before a GET. Instead each cache hit waits for a round trip on the listening connection
+    that began after the request arrived: Postgres sends every notification it has pending
+    before it answers, so when the answer is in, every job changed by a commit made before the
+    request has been dropped. Concurrent requests share a round trip (the next one to start), so
+    under load this is one ``SELECT 1`` per batch of requests, not per request. Between requests a
+    round trip every ``IDLE_ROUND_S`` keeps the notifications drained and the connection checked.
+    """
 
     def __init__(self, conninfo: str) -> None:
         self.conninfo = conninfo
         self.listening = False
         self.backend_pid: int | None = None  # of the listening connection (tests end it to test the fallback)
         self._task: asyncio.Task[None] | None = None
+        self._next: asyncio.Future[bool] | None = None  # the waiters of the next round trip
+        self._wake: asyncio.Event | None = None
         self._listened = False
 
-    def ready(self, cache: JobCache) -> bool:
+    async def caught_up(self, cache: JobCache) -> bool:
+        if not self.listening or self._wake is None:
+            return False
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+            self._wake.set()
+        # Shielded: a client that goes away must not cancel the round trip others wait for.
+        return await asyncio.shield(self._next)
+
+    def up(self) -> bool:
         return self.listening
 
     def start(self, cache: JobCache) -> None:
+        self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run(cache), name="job-changes")
 
     async def stop(self) -> None:
@@ -136,9 +168,12 @@ class PostgresChanges:
     async def _listen(self, cache: JobCache) -> None:
         import psycopg
 
+        assert self._wake is not None
         conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True, connect_timeout=5,
                                                      **KEEPALIVES)
         try:
+            # Called by psycopg as it reads each notification, during our own round trips.
+            conn.add_notify_handler(lambda note: cache.changed(note.payload))
             cur = await conn.execute(
                 "SELECT count(*) FROM pg_trigger WHERE tgname = %s AND tgrelid = to_regclass('jobs')", (TRIGGER,))
             row = await cur.fetchone()
@@ -150,13 +185,29 @@ class PostgresChanges:
             self.backend_pid = conn.info.backend_pid
             self.listening = self._listened = True
             log.info("job cache on: listening for job changes")
-            async for note in conn.notifies():
-                cache.changed(note.payload)
-            raise RuntimeError("the listening connection ended")
+            while True:
+                if self._next is None:
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), IDLE_ROUND_S)
+                    except TimeoutError:
+                        pass
+                self._wake.clear()
+                waiters, self._next = self._next, None
+                try:
+                    await asyncio.wait_for(conn.execute("SELECT 1"), ROUND_TIMEOUT_S)
+                except BaseException:
+                    if waiters is not None:
+                        waiters.set_result(False)
+                    raise
+                if waiters is not None:
+                    waiters.set_result(True)
         finally:
             if self.listening:
                 self.listening = False
                 cache.changed_all()
+            if self._next is not None:  # requests that arrived as it went down read the database
+                self._next.set_result(False)
+                self._next = None
             self.backend_pid = None
             await _close_quietly(conn)
 

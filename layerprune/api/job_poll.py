@@ -23,6 +23,7 @@ from layerprune.api import auth_limit
 from layerprune.api.deps import cached_tenant
 
 PREFIX = "/v1/jobs/"
+GENERATION_SCOPE_KEY = "layerprune.job_cache_generation"
 
 
 def _bearer_key(headers: list[tuple[bytes, bytes]]) -> str | None:
@@ -42,7 +43,7 @@ class JobPollMiddleware:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "GET" and scope["path"].startswith(PREFIX):
-            body, tenant = self._cached(scope)
+            body, tenant = await self._cached(scope)
             if body is not None:
                 scope.setdefault("state", {})["tenant"] = tenant  # for the request log line
                 scope["route"] = self._route
@@ -50,17 +51,21 @@ class JobPollMiddleware:
                 return
         await self.app(scope, receive, send)
 
-    def _cached(self, scope: dict[str, Any]) -> tuple[bytes | None, str | None]:
+    async def _cached(self, scope: dict[str, Any]) -> tuple[bytes | None, str | None]:
         job_id = scope["path"][len(PREFIX):]
         if not job_id or "/" in job_id:
             return None, None
-        state = self.api.state
         key = _bearer_key(scope["headers"])
         tenant = cached_tenant(self.api, key) if key else None
         if tenant is None or auth_limit.any_failures(self.api):
             return None, None
-        body, _ = state.job_cache.lookup(tenant, job_id)
-        if body is not None and self._route is None:
+        body, generation = await self.api.state.job_cache.lookup(tenant, job_id)
+        if body is None:
+            # The route reads the job and stores it under this generation, without waiting for
+            # the change feed a second time.
+            scope[GENERATION_SCOPE_KEY] = (tenant, job_id, generation)
+            return None, None
+        if self._route is None:
             self._route = _get_job_route(self.api)
         return body, tenant
 

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from layerprune.api.deps import SessionDep, SettingsDep, TenantDep
 from layerprune.api.errors import ApiError, not_found
 from layerprune.api.job_cache import JobCache
+from layerprune.api.job_poll import GENERATION_SCOPE_KEY
 from layerprune.api.pagination import AfterQuery, LimitQuery, bad_cursor, envelope
 from layerprune.api.schemas import JOB_CREATE_EXAMPLES, JobCreate, JobPublic, JobsPublic, error_responses
 from layerprune.api.validation import metadata_problem, validate_job_spec
@@ -155,7 +156,11 @@ async def get_job_route(job_id: str, request: Request, tenant: TenantDep) -> Res
     # for it (api/job_cache.py), else read on a worker thread. The bytes are those FastAPI makes
     # of the response model; ``response_model`` stays for the OpenAPI document.
     cache: JobCache = request.app.state.job_cache
-    body, generation = cache.lookup(tenant, job_id)
+    looked_up = request.scope.get(GENERATION_SCOPE_KEY)  # a miss of api/job_poll.py's
+    if looked_up is not None and looked_up[:2] == (tenant, job_id):
+        body, generation = None, looked_up[2]
+    else:
+        body, generation = await cache.lookup(tenant, job_id)
     if body is None:
         body = await run_in_threadpool(_read_job_json, request.app.state.read_session_factory, tenant, job_id)
         cache.store(tenant, job_id, body, generation)
