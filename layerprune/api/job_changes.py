@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "layerprune_jobs"  # the trigger of migrations/versions/0003_jobs_notify.py notifies here
 TRIGGER = "jobs_notify"
+APPLICATION_NAME = "layerprune-job-changes"  # how the listening connection shows in pg_stat_activity
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 10.0
 IDLE_ROUND_S = 1.0  # a round trip at least this often on the listening connection, requests or not
@@ -170,7 +171,7 @@ class PostgresChanges:
 
         assert self._wake is not None
         conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True, connect_timeout=5,
-                                                     **KEEPALIVES)
+                                                     application_name=APPLICATION_NAME, **KEEPALIVES)
         try:
             # Called by psycopg as it reads each notification, during our own round trips.
             conn.add_notify_handler(lambda note: cache.changed(note.payload))
