@@ -49,11 +49,15 @@ class JobPollMiddleware:
                 scope["route"] = self._route
                 await Response(body, media_type="application/json")(scope, receive, send)
                 return
+            await self.app(scope, receive, send)
+            if self._route is None:
+                self._route = _job_route(scope.get("route"))
+            return
         await self.app(scope, receive, send)
 
     async def _cached(self, scope: dict[str, Any]) -> tuple[bytes | None, str | None]:
         job_id = scope["path"][len(PREFIX):]
-        if not job_id or "/" in job_id:
+        if not job_id or "/" in job_id or self._route is None:
             return None, None
         key = _bearer_key(scope["headers"])
         tenant = cached_tenant(self.api, key) if key else None
@@ -65,15 +69,13 @@ class JobPollMiddleware:
             # the change feed a second time.
             scope[GENERATION_SCOPE_KEY] = (tenant, job_id, generation)
             return None, None
-        if self._route is None:
-            self._route = _get_job_route(self.api)
         return body, tenant
 
 
-def _get_job_route(api: Any) -> Any:
+def _job_route(route: Any) -> Any:
+    """The route the router matched, if it is ``GET /v1/jobs/{id}`` (set as ``scope["route"]`` on hits,
+    as routing would: the metrics label it). Every job's first GET goes through it, so it is known
+    before any hit."""
     from layerprune.api.routes.jobs import get_job_route
 
-    for route in api.routes:
-        if getattr(route, "endpoint", None) is get_job_route:
-            return route
-    return None
+    return route if getattr(route, "endpoint", None) is get_job_route else None

@@ -277,3 +277,34 @@ def test_the_cache_can_be_switched_off(tmp_path):
             _update(url, job_id, progress=progress)
             r = _get(server, client, job_id)
             assert r.json()["progress"] == progress and r.content == _reference(url, job_id)
+
+
+def test_hits_are_logged_and_counted_as_the_route_would(service_settings, migrated_db, new_tenant, caplog):
+    """A hit is answered before routing, yet its request log line names the tenant and its metrics
+    label is the route's, as for a miss."""
+    from fastapi.testclient import TestClient
+
+    from layerprune.api.app import create_app
+
+    tenant, h = new_tenant
+    app = create_app(service_settings, start_background=False)
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 20
+        while not app.state.job_cache.feed.up():
+            assert time.monotonic() < deadline, "the job change listener did not start"
+            time.sleep(0.05)
+        job_id = client.post("/v1/jobs", json={"prune": {"metric": "reverse_order", "ratio": 0.25}},
+                             headers=h).json()["id"]
+        before = _get_count(client.get("/metrics").text)
+        caplog.set_level("INFO", logger="layerprune.api")
+        bodies = {client.get(f"/v1/jobs/{job_id}", headers=h).content for _ in range(4)}
+        assert len(bodies) == 1 and len(app.state.job_cache) == 1  # one read, then hits
+        lines = [r for r in caplog.records if r.getMessage() == "request" and getattr(r, "path", "") ==
+                 f"/v1/jobs/{job_id}"]
+        assert len(lines) == 4 and {getattr(r, "tenant", None) for r in lines} == {tenant}
+        assert _get_count(client.get("/metrics").text) == before + 4  # the counters are per process
+
+
+def _get_count(metrics: str) -> float:
+    prefix = 'layerprune_http_requests_total{method="GET",route="/v1/jobs/{job_id}",status="200"} '
+    return sum(float(line[len(prefix):]) for line in metrics.splitlines() if line.startswith(prefix))
