@@ -17,11 +17,25 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 
 from tests.api.live_server import REPO, live_server
 from tests.service_fixtures import *  # noqa: F403
 
 APPLICATION_NAME = "layerprune-job-changes"
+
+
+@pytest.fixture
+def own_pg() -> Any:
+    """A database of this test's own: the tests below drop the trigger and end connections in it."""
+    from tests.service_fixtures import create_pg_database, drop_pg_database
+
+    try:
+        url = create_pg_database("lp_test_cache")
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"no Postgres on localhost:5432 ({exc})")
+    yield url
+    drop_pg_database(url)
 
 
 # ------------------------------------------------------------------ the cache alone
@@ -155,10 +169,10 @@ def _check_every_state_change(server: Any, url: str) -> None:
         assert client.get(f"/v1/jobs/{job['id']}", headers={"Authorization": "Bearer wrong-key-x"}).status_code == 401
 
 
-def test_every_state_change_is_seen_at_once_and_cached_bodies_are_exact_on_postgres(pg_url, tmp_path):
-    with live_server(tmp_path / "pg", pg_url) as server:
-        _wait_listening(pg_url)
-        _check_every_state_change(server, pg_url)
+def test_every_state_change_is_seen_at_once_and_cached_bodies_are_exact_on_postgres(own_pg, tmp_path):
+    with live_server(tmp_path / "pg", own_pg) as server:
+        _wait_listening(own_pg)
+        _check_every_state_change(server, own_pg)
 
 
 def test_every_state_change_is_seen_at_once_and_cached_bodies_are_exact_on_sqlite(tmp_path):
@@ -209,62 +223,72 @@ def _migration_sql() -> tuple[str, str]:
     return namespace["_FUNCTION"], namespace["_TRIGGER"]
 
 
-def test_postgres_serves_from_memory_and_reads_the_database_while_the_listener_is_lost(pg_url, tmp_path):
-    with live_server(tmp_path / "pg", pg_url) as server, \
+def test_postgres_serves_from_memory_and_reads_the_database_while_the_listener_is_lost(own_pg, tmp_path):
+    with live_server(tmp_path / "pg", own_pg) as server, \
             httpx.Client(base_url=server.url, headers=server.headers, timeout=30) as client:
-        pid = _wait_listening(pg_url)
+        pid = _wait_listening(own_pg)
         job_id = server.create_job()["id"]
         assert _get(server, client, job_id).json()["progress"] == 0.0
-        _update_without_trigger(pg_url, job_id, 0.5)
+        _update_without_trigger(own_pg, job_id, 0.5)
         assert _get(server, client, job_id).json()["progress"] == 0.0  # from memory: the cache is used
-        _update(pg_url, job_id, progress=0.75)  # the trigger notifies
+        _update(own_pg, job_id, progress=0.75)  # the trigger notifies
         assert _get(server, client, job_id).json()["progress"] == 0.75
 
         # The listener is lost and cannot come back (no trigger): every GET reads the database.
-        with _admin(pg_url) as conn:
-            conn.execute("DROP TRIGGER jobs_notify ON jobs")
-            assert conn.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
-        deadline = time.monotonic() + 10
-        while _listener_pid(pg_url) == pid:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        for progress in (0.8, 0.9):
-            _update_without_trigger(pg_url, job_id, progress)
-            assert _get(server, client, job_id).json()["progress"] == progress
-            assert _get(server, client, job_id).json()["progress"] == progress
+        try:
+            with _admin(own_pg) as conn:
+                conn.execute("DROP TRIGGER jobs_notify ON jobs")
+                assert conn.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
+            deadline = time.monotonic() + 10
+            while _listener_pid(own_pg) == pid:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            for progress in (0.8, 0.9):
+                _update_without_trigger(own_pg, job_id, progress)
+                assert _get(server, client, job_id).json()["progress"] == progress
+                assert _get(server, client, job_id).json()["progress"] == progress
 
+        finally:
+            _restore_trigger(own_pg)
         # The trigger back: the listener returns (within its back-off) and the cache is used again.
-        function, trigger = _migration_sql()
-        with _admin(pg_url) as conn:
-            conn.execute(function)
-            conn.execute(trigger)
         deadline = time.monotonic() + 30
         while True:
             _get(server, client, job_id)  # warm it (once the listener is back)
-            _update_without_trigger(pg_url, job_id, 0.95)
+            _update_without_trigger(own_pg, job_id, 0.95)
             if _get(server, client, job_id).json()["progress"] == 0.9:
                 break  # served from memory again
-            _update_without_trigger(pg_url, job_id, 0.9)
+            _update_without_trigger(own_pg, job_id, 0.9)
             assert time.monotonic() < deadline, "the listener did not come back"
             time.sleep(0.5)
-        _update(pg_url, job_id, progress=1.0)
+        _update(own_pg, job_id, progress=1.0)
         assert _get(server, client, job_id).json()["progress"] == 1.0
 
 
-def test_without_the_trigger_the_cache_is_never_used(pg_url, tmp_path):
+def test_without_the_trigger_the_cache_is_never_used(own_pg, tmp_path):
     """A database not (yet) at migration 0003 sends no notifications: nothing may be served from memory."""
-    with live_server(tmp_path / "pg", pg_url) as server, \
+    with live_server(tmp_path / "pg", own_pg) as server, \
             httpx.Client(base_url=server.url, headers=server.headers, timeout=30) as client:
-        pid = _wait_listening(pg_url)
-        with _admin(pg_url) as conn:
+        pid = _wait_listening(own_pg)
+        with _admin(own_pg) as conn:
             conn.execute("DROP TRIGGER jobs_notify ON jobs")
             conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        job_id = server.create_job()["id"]
-        time.sleep(1.5)  # the listener tried again, found no trigger, and stays off
-        for progress in (0.1, 0.2, 0.3):
-            _get(server, client, job_id)
-            _update(pg_url, job_id, progress=progress)
-            assert _get(server, client, job_id).json()["progress"] == progress
+        try:
+            job_id = server.create_job()["id"]
+            time.sleep(1.5)  # the listener tried again, found no trigger, and stays off
+            for progress in (0.1, 0.2, 0.3):
+                _get(server, client, job_id)
+                _update(own_pg, job_id, progress=progress)
+                assert _get(server, client, job_id).json()["progress"] == progress
+        finally:
+            _restore_trigger(own_pg)
+
+
+def _restore_trigger(url: str) -> None:
+    function, trigger = _migration_sql()
+    with _admin(url) as conn:
+        conn.execute("DROP TRIGGER IF EXISTS jobs_notify ON jobs")
+        conn.execute(function)
+        conn.execute(trigger)
 
 
 def test_the_cache_can_be_switched_off(tmp_path):
