@@ -27,7 +27,8 @@ from layerprune.settings import Settings
 
 # Layer-count keys of Hugging Face configs (as core.architecture, which imports torch).
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
-# Known from shared/DATA.md, used when the converted bundled model is not cached on this host yet.
+# Known from docs/data.md (the bundled model), used when the converted bundled model is not cached
+# on this host yet.
 _BUNDLED_LAYERS = {"smollm2-135m-instruct": 30}
 
 
@@ -227,16 +228,6 @@ def _check_gsm8k_train(spec: JobSpec) -> None:
                         "this service is offline: upload it (JSONL with 'question' and 'answer') and name it in "
                         "'evaluate.gsm8k_train', or use 'gsm8k_cot' (its examples are fixed)",
                         param=f"evaluate.tasks[{ev.tasks.index('gsm8k')}]")
-
-
-def _local_model_dir(ref: str, settings: Settings) -> Path | None:
-    if ref.startswith(("/", "./", "../", "~")) or ref in (".", ".."):
-        return Path(ref).expanduser().resolve()
-    for root in settings.model_root_paths:
-        candidate = root / ref
-        if candidate.is_dir():
-            return candidate.resolve()
-    return None
 
 
 def _layers_from_config(config: dict[str, Any]) -> int | None:

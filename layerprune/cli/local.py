@@ -75,13 +75,17 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def _redact(url: str) -> str:
-    # postgresql+psycopg://user:secret@host/db → postgresql+psycopg://user:***@host/db
-    head, sep, tail = url.partition("@")
-    if not sep or "://" not in head:
+    # postgresql+psycopg://user:secret@host/db → postgresql+psycopg://user:***@host/db. The
+    # credentials end at the authority's LAST "@" (a password may hold one; the path never counts).
+    scheme, sep, rest = url.partition("://")
+    if not sep:
         return url
-    scheme, _, cred = head.partition("://")
+    authority, slash, path = rest.partition("/")
+    cred, at, host = authority.rpartition("@")
+    if not at:
+        return url
     user = cred.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{tail}"
+    return f"{scheme}://{user}:***@{host}{slash}{path}"
 
 
 def run(args: argparse.Namespace) -> int:

