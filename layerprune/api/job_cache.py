@@ -21,6 +21,8 @@ from __future__ import annotations
 from typing import Protocol
 
 MAX_ENTRIES = 10_000
+# Where api/job_poll.py leaves a miss's (tenant, job id, generation) for the route (an ASGI scope key).
+GENERATION_SCOPE_KEY = "layerprune.job_cache_generation"
 
 
 class ChangeFeed(Protocol):

@@ -21,9 +21,9 @@ from starlette.responses import Response
 
 from layerprune.api import auth_limit
 from layerprune.api.deps import cached_tenant
+from layerprune.api.job_cache import GENERATION_SCOPE_KEY
 
 PREFIX = "/v1/jobs/"
-GENERATION_SCOPE_KEY = "layerprune.job_cache_generation"
 
 
 def _bearer_key(headers: list[tuple[bytes, bytes]]) -> str | None:
@@ -76,6 +76,6 @@ def _job_route(route: Any) -> Any:
     """The route the router matched, if it is ``GET /v1/jobs/{id}`` (set as ``scope["route"]`` on hits,
     as routing would: the metrics label it). Every job's first GET goes through it, so it is known
     before any hit."""
-    from layerprune.api.routes.jobs import get_job_route
-
-    return route if getattr(route, "endpoint", None) is get_job_route else None
+    endpoint = getattr(route, "endpoint", None)
+    named = (getattr(endpoint, "__module__", None), getattr(endpoint, "__name__", None))
+    return route if named == ("layerprune.api.routes.jobs", "get_job_route") else None

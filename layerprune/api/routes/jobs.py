@@ -13,8 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from layerprune.api.deps import SessionDep, SettingsDep, TenantDep
 from layerprune.api.errors import ApiError, not_found
-from layerprune.api.job_cache import JobCache
-from layerprune.api.job_poll import GENERATION_SCOPE_KEY
+from layerprune.api.job_cache import GENERATION_SCOPE_KEY, JobCache
 from layerprune.api.pagination import AfterQuery, LimitQuery, bad_cursor, envelope
 from layerprune.api.schemas import JOB_CREATE_EXAMPLES, JobCreate, JobPublic, JobsPublic, error_responses
 from layerprune.api.validation import metadata_problem, validate_job_spec
