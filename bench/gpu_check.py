@@ -422,7 +422,7 @@ class Check:
         from transformers import AutoModelForCausalLM, LlamaConfig
 
         from layerprune.core.finetune import methods
-        from layerprune.core.finetune.loop import train
+        from layerprune.core.finetune.loop import TrainConfig, train
         from layerprune.core.hooks import Hooks
         from layerprune.core.spec import FinetuneSpec
 
@@ -468,8 +468,9 @@ class Check:
                 for _, p in named:
                     p.data = p.data.float()
             base = self.finetune_bench.reset_peak(self.device)
-            outcome = train(model, plan, examples, [], spec, self.work / f"big-{name}", Hooks(), self.device,
-                            pad_id=0, fingerprint=name, autocast_dtype=autocast)
+            config = TrainConfig(spec, self.work / f"big-{name}", self.device, pad_id=0, fingerprint=name,
+                                 autocast_dtype=autocast)
+            outcome = train(model, plan, examples, [], config, Hooks())
             peak_mem = self.finetune_bench.peak_bytes(self.device)
             steps_per_epoch = math.ceil(len(examples) / batch)
             # After the first epoch (the cache's fill, and warm-up for both): the steady state.

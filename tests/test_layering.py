@@ -9,6 +9,8 @@ different package of its own rank):
     1  settings, logs  process configuration and structured logging
     2  db              tables, sessions, reads (``db.jobs``), migrations
     3  queue           the job queue: transitions, outbox, sweeper, Celery app, the job object
+    3  migrations      Alembic's environment and versions (read db; run by db.migrate from their
+                       path in the package, imported by no module)
     4  metrics         Prometheus families (read from db, queue.status)
     4  storage         the artifact stores' interface and the local store
     5  storage_s3      the S3 store, built on ``storage``
@@ -35,7 +37,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "layerprune"
 
 RANK = {
-    "core": 0, "settings": 1, "logs": 1, "db": 2, "queue": 3, "metrics": 4, "storage": 4,
+    "core": 0, "settings": 1, "logs": 1, "db": 2, "queue": 3, "migrations": 3, "metrics": 4, "storage": 4,
     "storage_s3": 5, "webhooks": 5, "artifact_store": 6, "worker": 7, "api": 7, "cli": 8,
 }
 LEAVES = {"layerprune", "layerprune.client", "layerprune.queue.status"}

@@ -1,10 +1,11 @@
 """The FastAPI application: ``create_app()`` for tests and ``layerprune serve``, ``app`` for uvicorn.
 
-Start-up applies migrations (unless ``LAYERPRUNE_AUTO_MIGRATE=0``), creates the bootstrap API
-keys from ``LAYERPRUNE_API_KEYS`` and starts the queue's sweeper thread (outbox dispatch, lease
-reaper, idempotency-key purge: ``layerprune.queue.sweeper``, the same loop every worker runs).
-When the database is down at start-up the app still starts: requests answer 503 and the sweeper
-finishes the start-up work once the database is back.
+Start-up applies migrations (the policy of ``db.migrate.ensure_schema``), creates the bootstrap
+API keys from ``LAYERPRUNE_API_KEYS`` and starts the queue's sweeper thread (outbox dispatch,
+lease reaper, idempotency-key purge: ``layerprune.queue.sweeper``, the same loop every worker
+runs). When the database is down at start-up, or behind with ``LAYERPRUNE_AUTO_MIGRATE=0``, the
+app still starts, not ready: requests answer 503 and the sweeper finishes the start-up work once
+the database is back (or migrated).
 """
 
 from __future__ import annotations
@@ -42,20 +43,23 @@ newest first, with `limit` (1..100) and `after=<id>`. POSTs that create take an 
 
 
 def _startup_work(settings: Settings) -> bool:
-    """Migrations and bootstrap keys; True once done (False: the database is not reachable yet)."""
+    """Migrations (db.migrate.ensure_schema's policy) and bootstrap keys; True once done (False: the
+    database is not reachable yet, or LAYERPRUNE_AUTO_MIGRATE=0 and nobody has migrated it yet)."""
     from layerprune.db.keys import bootstrap_keys
-    from layerprune.db.migrate import upgrade_to_head
+    from layerprune.db.migrate import SchemaBehindError, ensure_schema
     from layerprune.db.session import session_scope
 
     url = settings.effective_database_url
     try:
-        if settings.auto_migrate:
-            upgrade_to_head(url)
+        ensure_schema(settings)
         pairs = settings.bootstrap_keys
         if pairs:
             with session_scope(url) as session:
                 bootstrap_keys(session, pairs)
         return True
+    except SchemaBehindError as exc:  # not ready (/readyz says so) until `layerprune migrate` has run
+        log.error("%s; not ready until then", exc)
+        return False
     except Exception as exc:  # noqa: BLE001 - retried by the sweeper thread
         log.warning("start-up work failed (database unavailable?): %s", type(exc).__name__)
         return False

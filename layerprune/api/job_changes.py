@@ -35,7 +35,7 @@ from layerprune.api.job_cache import JobCache
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "layerprune_jobs"  # the trigger of migrations/versions/0003_jobs_notify.py notifies here
+CHANNEL = "layerprune_jobs"  # the trigger of layerprune/migrations/versions/0003_jobs_notify.py notifies here
 TRIGGER = "jobs_notify"
 APPLICATION_NAME = "layerprune-job-changes"  # how the listening connection shows in pg_stat_activity
 RETRY_MIN_S = 0.5

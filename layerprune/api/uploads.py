@@ -1,8 +1,9 @@
 """Receive an uploaded data file as it streams: size cap, sha256, record count, line checks.
 
-Nothing is buffered whole. The multipart body is parsed chunk by chunk (python-multipart); the
-file part's bytes go straight to a temporary file beside their final place while being hashed,
-counted and checked line by line against every format (``api.file_checks``). The first bad line,
+Nothing is buffered whole. The multipart body is parsed chunk by chunk by python-multipart's
+streaming ``MultipartParser``, whose callbacks (``FormReceiver``) send the file part's bytes
+straight to a temporary file beside their final place while they are hashed, counted and
+checked line by line against every format (``api.file_checks``). The first bad line,
 an unsupported file type, or the byte past ``max_bytes`` stops the upload (422 naming the line /
 413) and the temporary file is removed; nothing is recorded.
 """
@@ -12,10 +13,11 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -73,6 +75,81 @@ class Upload:
     fields: dict[str, str]
 
 
+class FormReceiver:
+    """python-multipart's callbacks for one upload body: the ``file`` part streams into a
+    :class:`FileSink` as the parser finds its bytes, every other part is a small text field.
+
+    The parser calls these from ``MultipartParser.write`` (run off the event loop), so the sink's
+    hashing, checks and disk writes happen there too; an ``ApiError`` raised here stops the parse.
+    """
+
+    def __init__(self, folder: Path, max_bytes: int) -> None:
+        self.folder = folder
+        self.max_bytes = max_bytes
+        self.sink: FileSink | None = None
+        self.fields: dict[str, str] = {}
+        self.closed = False  # the closing boundary was read
+        self._headers: dict[bytes, bytes] = {}
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._part: str | None = None  # "file", a field's name, or None between parts
+        self._value = bytearray()
+
+    def callbacks(self) -> dict[str, Callable[..., None]]:
+        return {"on_part_begin": self.on_part_begin, "on_header_field": self.on_header_field,
+                "on_header_value": self.on_header_value, "on_header_end": self.on_header_end,
+                "on_headers_finished": self.on_headers_finished, "on_part_data": self.on_part_data,
+                "on_part_end": self.on_part_end, "on_end": self.on_end}
+
+    def on_part_begin(self) -> None:
+        self._headers = {}
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field.extend(data[start:end])
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value.extend(data[start:end])
+
+    def on_header_end(self) -> None:
+        self._headers[bytes(self._header_field).lower()] = bytes(self._header_value)
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def on_headers_finished(self) -> None:
+        _, disp = parse_options_header(self._headers.get(b"content-disposition", b""))
+        name = disp.get(b"name", b"").decode("utf-8", "replace")
+        self._part = name
+        self._value = bytearray()
+        if name != "file":
+            return
+        if self.sink is not None:
+            raise ApiError(422, "invalid_request", "send exactly one 'file' part", param="file")
+        filename = disp.get(b"filename", b"upload").decode("utf-8", "replace")
+        filename = os.path.basename(filename.replace("\\", "/"))[:255] or "upload"
+        # Only a label: control characters (a NUL cannot even be stored) become "_".
+        filename = "".join("_" if ord(c) < 0x20 or ord(c) == 0x7F else c for c in filename)
+        self.sink = FileSink(self.folder, filename, self.max_bytes)
+        if "purpose" in self.fields:  # known already: stop at the first line no allowed format fits
+            self.sink.content.formats.expect(upload_formats(self.fields))
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._part == "file":
+            assert self.sink is not None
+            self.sink.write(data[start:end])
+        elif self._part is not None:
+            self._value.extend(data[start:end])
+            if len(self._value) > MAX_FIELD_BYTES:
+                raise ApiError(422, "invalid_request", f"field '{self._part}' is too long", param=self._part)
+
+    def on_part_end(self) -> None:
+        if self._part not in (None, "file"):
+            self.fields[self._part] = self._value.decode("utf-8", "replace")
+        self._part = None
+
+    def on_end(self) -> None:
+        self.closed = True
+
+
 async def receive_upload(request: Request, folder: Path, max_bytes: int) -> Upload:
     """Parse a ``multipart/form-data`` body with one ``file`` part; the caller owns ``sink``."""
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
@@ -85,102 +162,33 @@ async def receive_upload(request: Request, folder: Path, max_bytes: int) -> Uplo
     if declared and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
         raise too_large(max_bytes)
 
-    events: list[tuple[str, Any]] = []
-    header_field = bytearray()
-    header_value = bytearray()
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        header_field.extend(data[start:end])
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        header_value.extend(data[start:end])
-
-    def on_header_end() -> None:
-        events.append(("header", (bytes(header_field).lower(), bytes(header_value))))
-        header_field.clear()
-        header_value.clear()
-
-    callbacks = {
-        "on_part_begin": lambda: events.append(("begin", None)),
-        "on_header_field": on_header_field,
-        "on_header_value": on_header_value,
-        "on_header_end": on_header_end,
-        "on_headers_finished": lambda: events.append(("headers_done", None)),
-        "on_part_data": lambda data, start, end: events.append(("data", bytes(data[start:end]))),
-        "on_part_end": lambda: events.append(("end", None)),
-        "on_end": lambda: events.append(("closed", None)),  # the closing boundary was read
-    }
-    parser = MultipartParser(params[b"boundary"], callbacks)  # type: ignore[arg-type]
-    sink: FileSink | None = None
-    fields: dict[str, str] = {}
-    part_headers: dict[bytes, bytes] = {}
-    current: str | None = None  # "file", a field name, or None (ignored part)
-    value = bytearray()
+    receiver = FormReceiver(folder, max_bytes)
+    parser = MultipartParser(params[b"boundary"], receiver.callbacks())  # type: ignore[arg-type]
     received = 0
-    closed = False
     try:
         async for chunk in request.stream():
             received += len(chunk)
             if received > max_bytes + 1024 * 1024:  # the file's cap plus room for the other parts
                 raise too_large(max_bytes)
-            try:
-                parser.write(chunk)
-            except Exception as exc:  # noqa: BLE001 - python-multipart's parse errors
-                raise ApiError(422, "invalid_multipart", f"malformed multipart body: {exc}", param="file") from None
-            batch: list[bytes] = []
-            for kind, payload in events:
-                if kind == "begin":
-                    part_headers = {}
-                elif kind == "header":
-                    part_headers[payload[0]] = payload[1]
-                elif kind == "headers_done":
-                    _, disp = parse_options_header(part_headers.get(b"content-disposition", b""))
-                    name = disp.get(b"name", b"").decode("utf-8", "replace")
-                    if name == "file":
-                        if sink is not None:
-                            raise ApiError(422, "invalid_request", "send exactly one 'file' part", param="file")
-                        filename = disp.get(b"filename", b"upload").decode("utf-8", "replace")
-                        filename = os.path.basename(filename.replace("\\", "/"))[:255] or "upload"
-                        # Only a label: control characters (a NUL cannot even be stored) become "_".
-                        filename = "".join("_" if ord(c) < 0x20 or ord(c) == 0x7F else c for c in filename)
-                        sink = FileSink(folder, filename, max_bytes)
-                        current = "file"
-                        if "purpose" in fields:  # known already: stop at the first line no allowed format fits
-                            sink.content.formats.expect(upload_formats(fields))
-                    else:
-                        current = name
-                        value = bytearray()
-                elif kind == "data":
-                    if current == "file":
-                        batch.append(payload)
-                    elif current is not None:
-                        value.extend(payload)
-                        if len(value) > MAX_FIELD_BYTES:
-                            raise ApiError(422, "invalid_request", f"field '{current}' is too long", param=current)
-                elif kind == "end":
-                    if current not in (None, "file"):
-                        fields[current] = value.decode("utf-8", "replace")
-                    current = None
-                elif kind == "closed":
-                    closed = True
-            events.clear()
-            if batch and sink is not None:
-                # Hashing, JSON checks and disk writes off the event loop.
-                await run_in_threadpool(_write_all, sink, batch)
+            if chunk:
+                # Parsing, hashing, JSON checks and disk writes off the event loop.
+                await run_in_threadpool(_parse, parser, chunk)
         parser.finalize()
-        if sink is None:
+        if receiver.sink is None:
             raise ApiError(422, "invalid_request", "a 'file' part is required", param="file")
-        if not closed:  # a cut-off body would otherwise be stored as a shorter file
+        if not receiver.closed:  # a cut-off body would otherwise be stored as a shorter file
             raise ApiError(422, "invalid_multipart", "the multipart body ends before its closing boundary",
                            param="file")
-        await run_in_threadpool(sink.finish)
+        await run_in_threadpool(receiver.sink.finish)
     except BaseException:
-        if sink is not None:
-            sink.abort()
+        if receiver.sink is not None:
+            receiver.sink.abort()
         raise
-    return Upload(sink, fields)
+    return Upload(receiver.sink, receiver.fields)
 
 
-def _write_all(sink: FileSink, batch: list[bytes]) -> None:
-    for data in batch:
-        sink.write(data)
+def _parse(parser: MultipartParser, chunk: bytes) -> None:
+    try:
+        parser.write(chunk)
+    except FormParserError as exc:  # python-multipart's errors for a malformed body
+        raise ApiError(422, "invalid_multipart", f"malformed multipart body: {exc}", param="file") from None

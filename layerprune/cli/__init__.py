@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the API server (applies migrations first)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--no-migrate", action="store_true", help="skip 'migrate' before starting")
+    p.add_argument("--no-migrate", action="store_true", help="do not migrate at start (LAYERPRUNE_AUTO_MIGRATE=0 for this process)")
     p.add_argument("--log-level", default=None, help="uvicorn log level (default: LAYERPRUNE_LOG_LEVEL)")
 
     p = sub.add_parser("worker", help="run a Celery worker that executes jobs")

@@ -169,6 +169,7 @@ def _child_env(data_dir: Path, api_key: str) -> dict[str, str]:
     env.update(
         LAYERPRUNE_DATA_DIR=str(data_dir),
         LAYERPRUNE_API_KEYS=f"demo:{api_key}",
+        LAYERPRUNE_AUTO_MIGRATE="1",  # the demo's own fresh database: its processes create the schema
         LAYERPRUNE_LOG_JSON="false",
         LAYERPRUNE_WORKER_QUEUES="gpu,cpu",
         HF_HUB_OFFLINE=env.get("HF_HUB_OFFLINE", "1"),

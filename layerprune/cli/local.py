@@ -25,12 +25,15 @@ def migrate() -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from layerprune.api.server import serve
     from layerprune.db.keys import key_secret
-    from layerprune.settings import get_settings
+    from layerprune.settings import get_settings, reset_settings_cache
 
+    if args.no_migrate:
+        # The app reads its settings from the environment: the flag is LAYERPRUNE_AUTO_MIGRATE=0.
+        os.environ["LAYERPRUNE_AUTO_MIGRATE"] = "0"
+        reset_settings_cache()
     settings = get_settings()
     key_secret(settings)  # a missing LAYERPRUNE_KEY_SECRET is one clear line, not a traceback from uvicorn
-    if not args.no_migrate:
-        migrate()
+    # Migrations are the app's start-up work (db.migrate.ensure_schema), before it accepts connections.
     serve(APP, args.host, args.port, settings, log_level=args.log_level)
     return EXIT_OK
 
@@ -60,10 +63,11 @@ def cmd_migrate(_: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from layerprune.db.keys import add_key, key_secret
+    from layerprune.db.migrate import ensure_schema
     from layerprune.db.session import session_scope
 
     key_secret()  # before touching the database: a missing secret is a one-line error
-    migrate()
+    ensure_schema()  # LAYERPRUNE_AUTO_MIGRATE=0 and behind: a one-line error
     with session_scope() as session:
         key = add_key(session, args.tenant, name=args.name)
     # Printed once: only its hash is stored, so it cannot be shown again.

@@ -2,9 +2,11 @@
 
 On a terminal one line is redrawn in place (``\\r``) and other events print above it; in a log
 file (not a TTY) a progress line is printed at most every ``log_every`` seconds, so CI logs stay
-readable. Events are whatever the worker sends: the view reads ``progress``, ``stage``, ``step``,
-``total_steps``, ``loss``, ``tokens_per_s`` and ``eta_s`` from ``data`` (or the event itself)
-where present and ignores what it does not know.
+readable. Events are whatever the worker sends: the view reads ``progress``, ``stage``, ``part``,
+``task`` (with ``task_done``/``task_total`` documents), ``step``, ``total_steps``, ``loss``,
+``tokens_per_s`` and ``eta_s`` from ``data`` (or the event itself) where present and ignores
+what it does not know. Every bar is labelled with what it measures: ``evaluate · after · piqa
+12/25`` is the result's PIQA pass, 12 of its 25 documents scored.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ class ProgressView:
         self.progress = 0.0
         self.stage_progress: float | None = None
         self.details: dict[str, float] = {}
+        self.part: str | None = None  # e.g. "before"/"after" in the evaluate stage
+        self.task: str | None = None  # e.g. "perplexity", "piqa"
+        self.task_count: tuple[float, float] | None = None
         self._drawn = False
         self._last_log = 0.0
         self._started = time.monotonic()
@@ -56,7 +61,7 @@ class ProgressView:
         """Take status, stage and overall progress from a polled job object."""
         changed = job.status != self.status
         if job.stage and job.stage != self.stage:
-            self.stage, self.stage_progress, self.details = job.stage, None, {}
+            self._new_stage(job.stage)
         self.status = job.status
         self.progress = max(self.progress, float(job.progress or 0.0))
         if changed:
@@ -67,12 +72,16 @@ class ProgressView:
         data = {**{k: v for k, v in event.raw.items() if k not in ("data", "message")}, **event.data}
         stage = data.get("stage")
         if isinstance(stage, str) and stage != self.stage:
-            self.stage = stage
-            self.details = {}
-            self.stage_progress = None
+            self._new_stage(stage)
+        if event.type == "progress":
+            self.part = data.get("part") if isinstance(data.get("part"), str) else None
+            self.task = data.get("task") if isinstance(data.get("task"), str) else None
+            done, total = _num(data.get("task_done")), _num(data.get("task_total"))
+            self.task_count = (done, total) if done is not None and total else None
         progress = _num(data.get("progress"))
         if progress is not None and event.type != "state":
-            self.progress = max(0.0, min(1.0, progress if progress <= 1.0 else progress / 100.0))
+            # The job's progress never goes backwards (the worker guarantees it; so does the view).
+            self.progress = max(self.progress, min(1.0, progress if progress <= 1.0 else progress / 100.0))
         stage_progress = _num(data.get("stage_progress"))
         if stage_progress is not None:
             self.stage_progress = max(0.0, min(1.0, stage_progress))
@@ -90,16 +99,31 @@ class ProgressView:
             self._print(f"{level}{event.message or event.type}")
         self._draw()
 
+    def _new_stage(self, stage: str) -> None:
+        self.stage, self.stage_progress, self.details = stage, None, {}
+        self.part = self.task = None
+        self.task_count = None
+
     # ----------------------------------------------------------------- output
+
+    def label(self) -> str:
+        """What the bar measures: the stage, then the part and task within it."""
+        words = [self.stage or self.status or "queued"]
+        if self.part:
+            words.append(self.part)
+        if self.task:
+            count = f" {self.task_count[0]:.0f}/{self.task_count[1]:.0f}" if self.task_count else ""
+            words.append(self.task + count)
+        return " · ".join(words)
 
     def line(self) -> str:
         # The bar is the current stage's; the job's overall share follows it in brackets.
         frac = self.stage_progress if self.stage_progress is not None else self.progress
         filled = int(round(frac * _WIDTH))
         bar = "#" * filled + "." * (_WIDTH - filled)
-        parts = [f"{(self.stage or self.status or 'queued'):<9}", f"[{bar}]", f"{100 * frac:3.0f}%"]
+        parts = [f"{self.label():<9}", f"[{bar}]", f"{100 * frac:3.0f}%"]
         d = self.details
-        if "step" in d:
+        if "step" in d and self.task_count is None:  # documents are already in the label
             total = f"/{d['total_steps']:.0f}" if "total_steps" in d else ""
             parts.append(f"{d['step']:.0f}{total}")
         if "loss" in d:

@@ -9,9 +9,11 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-# Sizes follow the one rule the model card and the dashboard use too.
+# Every figure follows the one rule the model card and the dashboard use too (core.units).
+from layerprune.core import units
 from layerprune.core.evaluate.report import mean_accuracy, sample_pairs
 from layerprune.core.units import human_bytes as human_bytes
+from layerprune.core.units import human_count as human_count
 
 BEFORE_KEYS = ("before", "base", "baseline", "original")
 AFTER_KEYS = ("after", "result", "pruned", "final")
@@ -34,16 +36,6 @@ _SKIP_PARTS = (
 _SKIP_EXACT = ("n", "num_examples", "limit", "seq_len", "num_docs", "dataset", "bos")
 # Shown in the table's first rows (layers, parameters, size), not again among the scores.
 _SHAPE_KEYS = ("num_layers", "params", "size_bytes", "num_params", "parameters")
-
-
-def human_count(n: float | int | None) -> str:
-    if n is None:
-        return "-"
-    n = float(n)
-    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.1f}{unit}"
-    return f"{n:.0f}"
 
 
 def human_duration(seconds: float | None) -> str:
@@ -180,27 +172,17 @@ def _is_perplexity(name: str) -> bool:
     return "perplexity" in name or name.startswith("ppl")
 
 
+def _fmt_of(name: str) -> str:
+    """The units.FIELDS format of a row named "perplexity", "piqa acc", "gsm8k exact_match,strict-match"."""
+    return "ppl" if _is_perplexity(name) else units.field(name.split()[-1])["format"]
+
+
 def _fmt_score(name: str, value: float | None) -> str:
-    if value is None:
-        return "-"
-    if abs(value) >= 1e5:
-        return f"{value:.3g}"  # a collapsed model's perplexity: 2.49e+07, not 24925910.06
-    if _is_perplexity(name) or abs(value) >= 10:
-        return f"{value:.2f}"
-    return f"{value:.3f}"
+    return units.format_value(_fmt_of(name), value)
 
 
 def _change(name: str, before: float | None, after: float | None, *, relative: bool) -> str:
-    if before is None or after is None:
-        return ""
-    if relative or _is_perplexity(name):
-        if not before:
-            return ""
-        ratio = after / before
-        if ratio >= 10 or ratio <= 0.1:
-            return f"x{ratio:.3g}"
-        return f"{100 * (ratio - 1):+.1f}%"
-    return f"{after - before:+.3f}"
+    return units.format_change("count" if relative else _fmt_of(name), before, after)
 
 
 def summary_table(result: Mapping[str, Any], artifacts: Sequence[Mapping[str, Any]] = ()) -> str:
@@ -308,8 +290,8 @@ def _speed_rows(metrics: Any) -> list[list[str]]:
 
     if not isinstance(metrics, Mapping):
         return []
-    return [[label, f"{before:.1f}" if before is not None else "-", f"{after:.1f}" if after is not None else "-",
-             f"x{ratio:.2f}" if ratio is not None else ""]
+    return [[label, units.format_value("rate", before), units.format_value("rate", after),
+             units.format_value("ratio", ratio) if ratio is not None else ""]
             for label, before, after, ratio in speed_rows(dict(metrics))]
 
 

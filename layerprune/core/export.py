@@ -14,6 +14,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from layerprune.core import units
 from layerprune.core.evaluate.report import sample_pairs
 from layerprune.core.sources import sha256_file
 from layerprune.core.units import human_bytes
@@ -149,6 +150,7 @@ def _task_table(metrics: Mapping[str, Any]) -> list[str]:
     tasks = (after or {}).get("tasks") or {}
     if not tasks:
         return []
+    # Figures and changes as the CLI and the dashboard write them (core.units).
     rows = ["| task | metric | better | before | after | change | n |", "|---|---|:---:|---:|---:|---:|---:|"]
     for task, res in tasks.items():
         if not isinstance(res, Mapping):
@@ -158,12 +160,21 @@ def _task_table(metrics: Mapping[str, Any]) -> list[str]:
             a, b = res.get(metric), prior.get(metric)
             if a is None:
                 continue
-            change = ""
-            if isinstance(b, int | float):
-                change = f"x{a / b:.3g}" if metric == "perplexity" and b else f"{a - b:+.3f}"
-            rows.append(f"| {task} | {metric} | {'higher' if higher else 'lower'} | {_fmt(b)} | {_fmt(a)} | "
-                        f"{change} | {res.get('n', '')} |")
+            fmt = units.field(metric)["format"]
+            change = units.format_change(fmt, b, a) if isinstance(b, int | float) else ""
+            err = units.stderr_key(metric)
+            rows.append(f"| {units.TASK_LABELS.get(task, task)} | {units.metric_label(metric)} | "
+                        f"{'higher' if higher else 'lower'} | {_stat(fmt, b, prior.get(err))} | "
+                        f"{_stat(fmt, a, res.get(err))} | {change} | {res.get('n', '')} |")
     return rows + [""]
+
+
+def _stat(fmt: str, value: Any, stderr: Any) -> str:
+    """``0.520 ± 0.100`` (the standard error in the value's format), ``–`` when missing."""
+    if not isinstance(value, int | float):
+        return "–"
+    text = units.format_value(fmt, value)
+    return text + (f" ± {units.format_value(fmt, stderr)}" if isinstance(stderr, int | float) else "")
 
 
 def _speed_table(metrics: Mapping[str, Any]) -> list[str]:
@@ -177,7 +188,7 @@ def _speed_table(metrics: Mapping[str, Any]) -> list[str]:
     cfg = after.get("settings") or {}
     out = ["| speed (higher is better) | before | after | speed-up |", "|---|---:|---:|---:|"]
     for label, b, a, ratio in rows:
-        out.append(f"| {label} | {_tok_s(b)} | {_tok_s(a)} | {f'x{ratio:.2f}' if ratio is not None else ''} |")
+        out.append(f"| {label} | {_tok_s(b)} | {_tok_s(a)} | {units.format_value('ratio', ratio) if ratio is not None else ''} |")
     return out + ["", f"Speed measured on {after.get('device')} ({after.get('dtype')}, {after.get('threads')} threads): "
                   f"{cfg.get('prompt_tokens')}-token prompts, {cfg.get('new_tokens')} greedy new tokens, median of "
                   f"{cfg.get('repeats')} runs after {cfg.get('warmup')} warm-up"
@@ -196,7 +207,7 @@ def _samples(metrics: Mapping[str, Any]) -> list[str]:
 
 
 def _tok_s(x: Any) -> str:
-    return f"{x:.1f}" if isinstance(x, int | float) else "–"
+    return units.format_value("rate", x) if isinstance(x, int | float) else "–"
 
 
 def write_model_card_and_record(out_dir: Path, record: dict[str, Any]) -> None:

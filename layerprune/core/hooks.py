@@ -23,6 +23,10 @@ MetricsFn = Callable[[Mapping[str, Any]], None]
 LogFn = Callable[[str, str, Mapping[str, Any]], None]
 """log(level, message, data) for warnings and notable facts ("info", "warning")."""
 
+DetailFn = Callable[[Mapping[str, Any]], None]
+"""detail({"part": "after", "task": "piqa", "done": 120, "total": 500}): what the next progress call
+is about (core.progress.within sends it); replaces the previous detail."""
+
 
 def _noop(*_: Any) -> None:
     return None
@@ -38,6 +42,7 @@ class Hooks:
     should_stop: Callable[[], bool] = _never
     metrics: MetricsFn = _noop
     log: LogFn = _noop
+    detail: DetailFn = _noop
 
     def check(self) -> None:
         """Raise Cancelled if the run was asked to stop."""

@@ -301,8 +301,11 @@ def _run_finetune(spec: JobSpec, model_dir: Path, base_dir: Path, work_dir: Path
 def _run_evaluate(spec: JobSpec, base_dir: Path, model_dir: Path, changed: bool, work_dir: Path,
                   hooks: Hooks) -> dict[str, Any]:
     from layerprune.core.evaluate import compare_results, evaluate_model
+    from layerprune.core.progress import evaluate_stage_parts, within
 
     assert spec.evaluate is not None
+    # Each pass reports into its measured share of the stage, labelled (core.progress).
+    parts = evaluate_stage_parts(spec.evaluate, changed and spec.evaluate.compare_base)
     before = None
     if changed and spec.evaluate.compare_base:
         # The base evaluation is its own resumable step: it can take as long as the second one.
@@ -311,17 +314,18 @@ def _run_evaluate(spec: JobSpec, base_dir: Path, model_dir: Path, changed: bool,
             before = json.loads(base_marker.read_text(encoding="utf-8"))
         else:
             hooks.info("evaluating the input model for comparison")
-            before = evaluate_model(base_dir, spec.evaluate, hooks, with_speed=False)
+            before = evaluate_model(base_dir, spec.evaluate, within(hooks, *parts["before"], part="before"),
+                                    with_speed=False)
             write_json_atomic(base_marker, before)
     hooks.check()
-    after = evaluate_model(model_dir, spec.evaluate, hooks, with_speed=False)
+    after = evaluate_model(model_dir, spec.evaluate, within(hooks, *parts["after"], part="after"), with_speed=False)
     if spec.evaluate.speed is not None:
         # Measured together, in this process with the same settings (interleaved on CPU: speed.py).
         from layerprune.core.evaluate.speed import measure_model_dirs
 
         hooks.info("measuring prefill and decode speed")
         dirs = [base_dir, model_dir] if before is not None else [model_dir]
-        figures = measure_model_dirs(dirs, spec.evaluate.speed, hooks)
+        figures = measure_model_dirs(dirs, spec.evaluate.speed, within(hooks, *parts["speed"], part="speed"))
         if before is not None:
             before["speed"] = figures[0]
         after["speed"] = figures[-1]

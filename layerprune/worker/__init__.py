@@ -1,8 +1,9 @@
 """The worker process: a Celery worker that runs one job at a time, plus the sweeper thread.
 
 ``main(argv)`` is what ``layerprune worker`` calls. It brings the database to the newest schema
-if needed, starts the queue's sweeper (``layerprune.queue.sweeper``: outbox dispatch, reaper,
-idempotency-key purge, the same loop the API runs) and then a Celery worker consuming
+if needed (the policy of ``db.migrate.ensure_schema``), starts the queue's sweeper
+(``layerprune.queue.sweeper``: outbox dispatch, reaper, idempotency-key purge, the same loop the
+API runs) and then a Celery worker consuming
 ``settings.queues`` with one prefork child, recycled after every job (a fresh process per job:
 no memory or CUDA state leaks from one job into the next). Extra ``argv`` items are passed to
 Celery's ``worker`` command (``--loglevel``, ``-n``…).
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 def worker_argv(queues: Sequence[str], loglevel: str = "INFO", extra: Sequence[str] = ()) -> list[str]:
@@ -45,24 +46,26 @@ def _preload() -> None:
             logging.getLogger(__name__).warning("preload of %s failed: %s", name, exc)
 
 
-def _wait_for_schema(is_at_head, upgrade_to_head) -> None:  # noqa: ANN001 - db.migrate functions
-    """Bring the database to the newest schema, waiting for it while it is unreachable."""
+def _wait_for_schema(ensure_schema: Callable[[], None], behind: type[Exception]) -> None:
+    """Apply db.migrate.ensure_schema's policy, waiting while the database is unreachable or, with
+    LAYERPRUNE_AUTO_MIGRATE=0, behind (``behind``: its SchemaBehindError) until someone migrates it."""
     import time
 
     delay = 1.0
     while True:
         try:
-            if not is_at_head():
-                upgrade_to_head()
+            ensure_schema()
             return
+        except behind as exc:
+            logging.getLogger(__name__).error("%s; waiting, retrying in %.0fs", exc, delay)
         except Exception as exc:  # noqa: BLE001 - OperationalError while the database starts
             logging.getLogger(__name__).warning("database not ready (%s); retrying in %.0fs", exc, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 30.0)
+        time.sleep(delay)
+        delay = min(delay * 2, 30.0)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from layerprune.db.migrate import is_at_head, upgrade_to_head
+    from layerprune.db.migrate import SchemaBehindError, ensure_schema
     from layerprune.queue.celery_app import broker_ok, configure
     from layerprune.queue.sweeper import start_sweeper, sweep_once
     from layerprune.settings import get_settings
@@ -71,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = get_settings()
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
-    _wait_for_schema(is_at_head, upgrade_to_head)
+    _wait_for_schema(lambda: ensure_schema(settings), SchemaBehindError)
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     configure(settings)
     from layerprune.db.session import session_factory

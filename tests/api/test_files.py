@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 
+import httpx
 import pytest
 
 from tests.api.helpers import set_status
+from tests.api.live_server import live_server
 
 ROWS = [{"instruction": f"Say {i}", "input": "", "output": str(i)} for i in range(7)]
 JSONL = ("\n".join(json.dumps(r) for r in ROWS) + "\n").encode()
@@ -144,3 +147,36 @@ def test_delete_conflicts_while_a_live_job_uses_it(client, new_tenant, migrated_
     assert not (service_settings.uploads_dir / tenant / f"{f['id']}.jsonl").exists()
     r = client.post("/v1/jobs", json=spec, headers=h)  # a deleted file cannot be used any more
     assert r.status_code == 422 and r.json()["error"]["param"] == "finetune.dataset"
+
+
+def test_an_upload_reaches_disk_while_its_body_is_still_arriving(tmp_path):
+    # A real server and a chunked body: after each 256 KiB the file part so far must be on disk
+    # (beside its final place, as .part) before the next is sent, so nothing holds the file whole.
+    line = (json.dumps({"instruction": "x" * 1000, "output": "y"}) + "\n").encode()
+    chunk = line * (256 * 1024 // len(line))
+    chunks = 12
+    seen: list[int] = []
+    with live_server(tmp_path / "data") as server:
+        folder = tmp_path / "data" / "uploads" / "live"
+
+        def on_disk() -> int:
+            parts = list(folder.glob(".upload-*.part")) if folder.is_dir() else []
+            return parts[0].stat().st_size if parts else 0
+
+        def body():
+            yield b'--b0undary\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfinetune\r\n'
+            yield b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n\r\n'
+            for i in range(chunks):
+                yield chunk
+                deadline = time.monotonic() + 10
+                while on_disk() < i * len(chunk) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                seen.append(on_disk())
+            yield b"\r\n--b0undary--\r\n"
+
+        r = httpx.post(f"{server.url}/v1/files", content=body(), timeout=120,
+                       headers={**server.headers, "Content-Type": "multipart/form-data; boundary=b0undary"})
+        assert r.status_code == 201, r.text
+        assert r.json()["size_bytes"] == chunks * len(chunk)
+    assert all(size >= i * len(chunk) for i, size in enumerate(seen)), seen
+    assert seen[-2] < chunks * len(chunk)  # still arriving: not the whole file yet

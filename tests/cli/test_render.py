@@ -148,6 +148,28 @@ def test_progress_view_draws_events_in_place_on_a_terminal() -> None:
     assert text.endswith("\n")
 
 
+def test_progress_view_labels_the_bar_with_stage_part_and_task_and_holds_the_job_share() -> None:
+    out = io.StringIO()
+    view = ProgressView(out, tty=True)
+
+    def progress(i: int, data: dict) -> None:
+        view.on_event(Event.from_dict({"id": f"evt_{i}", "type": "progress", "data": {"stage": "evaluate", **data}}))
+
+    progress(1, {"part": "before", "task": "perplexity", "done": 8, "total": 16, "stage_progress": 0.1,
+                 "progress": 0.75})
+    assert view.line().startswith("evaluate · before · perplexity  [")
+    progress(2, {"part": "after", "task": "piqa", "task_done": 12, "task_total": 25, "done": 30, "total": 75,
+                 "stage_progress": 0.7, "progress": 0.72})
+    line = view.line()
+    assert line.startswith("evaluate · after · piqa 12/25  [") and "30/75" not in line
+    assert "job 75%" in line  # 72% after 75% is not shown: the job's share never goes back
+    # A log event between bars is a sentence naming its model, printed above the redrawn bar.
+    view.on_event(Event.from_dict({"id": "evt_3", "type": "log", "message": "after: perplexity 41.50 on 16 windows"}))
+    assert "\r\x1b[2Kafter: perplexity 41.50 on 16 windows\n" in out.getvalue()
+    view.on_event(Event.from_dict({"id": "evt_4", "type": "stage", "message": "stage export", "data": {"stage": "export"}}))
+    assert view.line().startswith("export ")
+
+
 def test_progress_view_in_a_log_prints_lines_not_carriage_returns() -> None:
     out = io.StringIO()
     view = ProgressView(out, tty=False, log_every=3600)

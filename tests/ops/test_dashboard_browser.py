@@ -176,6 +176,12 @@ def test_dashboard_watches_a_job_to_done(live_server, browser, tmp_path):
         browser.wait_for("document.querySelector('#d-progress-text').textContent.startsWith('60%')")
         browser.wait_for("[...document.querySelectorAll('#d-events li')].some(li => "
                          "li.textContent.includes('scoring layer 6/8') && li.textContent.includes('loss 2.500'))")
+        # The bar says what it measures, as the CLI's does: stage, pass and task with its documents.
+        with sessions() as s:
+            assert set_stage(s, job_id, worker, "evaluate", progress=0.7)
+            assert set_progress(s, job_id, worker, 0.8, message="piqa: 12/25 documents", event={
+                "stage": "evaluate", "part": "after", "task": "piqa", "task_done": 12, "task_total": 25})
+        browser.wait_for("document.querySelector('#d-progress-text').textContent === '80% · evaluate · after · piqa 12/25'")
         browser.screenshot(tmp_path / "dashboard-running.png")
 
         out = tmp_path / "out"
@@ -204,9 +210,9 @@ def test_dashboard_watches_a_job_to_done(live_server, browser, tmp_path):
     assert removed == [2, 3, 5]
     assert browser.eval("document.querySelectorAll('#d-chart .removed-mark').length") == 3
     rows = browser.eval("[...document.querySelectorAll('#d-metrics tbody tr')].map(r => r.dataset.metric)")
-    assert rows == ["perplexity.value", "tasks.arc_easy.acc"]
-    assert browser.eval("document.querySelector('#d-metrics tr[data-metric=\"perplexity.value\"] td:last-child')"
-                        ".className") == "delta-bad"
+    assert rows == ["num_layers", "params", "perplexity", "tasks.arc_easy.acc"]
+    assert browser.eval("document.querySelector('#d-metrics tr[data-metric=\"perplexity\"] td.change')"
+                        ".classList.contains('delta-bad')")
     links = browser.eval("[...document.querySelectorAll('#d-artifacts a')].map(a => a.dataset.path)")
     assert sorted(links) == ["config.json", "model.safetensors"]
     assert browser.eval(f"document.querySelector('#jobs tr[data-id=\"{job_id}\"] .badge').textContent") == "succeeded"
@@ -239,3 +245,209 @@ def test_dashboard_watches_a_job_to_done(live_server, browser, tmp_path):
         time.sleep(0.2)
     else:
         raise AssertionError("artifacts were not deleted from the page")
+
+
+# ------------------------------------------------------------------ a finished real job, and a study
+
+DATA = Path(__file__).parent / "data"
+# Screenshots stay in the checkout after a run (.ci/run included): tests/ops/screenshots/ (git-ignored).
+SCREENSHOTS = Path(__file__).parent / "screenshots"
+
+
+def _replay_real_job(sessions, job_id: str, worker: str, recorded: dict) -> None:
+    """The recorded demo job's life, through the worker's own reporter: its stages, its progress
+    events (healing steps with their loss) and logs, then its real result."""
+    import threading
+
+    from layerprune.core.pipeline import stages_of
+    from layerprune.core.spec import JobSpec
+    from layerprune.queue.transitions import add_job_event, claim_job, finish_job
+    from layerprune.worker.hooks import JobReporter
+
+    with sessions() as s:
+        assert claim_job(s, job_id, worker, 60) is not None
+    rep = JobReporter(sessions, job_id, worker, stages_of(JobSpec.model_validate(recorded["spec"])),
+                      threading.Event(), interval=0)
+    hooks = rep.hooks()
+    for evt in recorded["events"]:
+        data = dict(evt.get("data") or {})
+        if evt["type"] == "stage":
+            rep.on_stage(data["stage"])
+        elif evt["type"] == "progress":
+            training = {k: data[k] for k in ("step", "loss", "lr", "tokens_per_s", "eta_s") if k in data}
+            if training:
+                hooks.metrics(training)
+            detail = {k: data[k] for k in ("part", "task", "task_done", "task_total", "tasks") if k in data}
+            if detail:
+                hooks.detail(detail)
+            hooks.progress(data.get("done", 0), data.get("total", 0), evt["message"])
+        elif evt["type"] in ("log", "warning"):
+            with sessions() as s:
+                add_job_event(s, job_id, evt["type"], evt["message"], level=evt["level"], data=data)
+    with sessions() as s:
+        assert finish_job(s, job_id, worker, recorded["result"], [])
+
+
+def _expected_rows(result: dict) -> dict[str, tuple[str, str, str, str]]:
+    """Each before/after row the page must show, as core.units (the CLI's and the card's formatter)
+    writes it from the API's figures: {key: (label, before, after, change)}."""
+    from layerprune.core import units
+
+    rows = {}
+    for key, stem in (("num_layers", "num_layers"), ("params", "params"), ("size_bytes", "size_bytes")):
+        b, a = result.get(f"{stem}_before"), result.get(f"{stem}_after")
+        if b is None and a is None:
+            b, a = (result["metrics"].get(side, {}).get(stem) for side in ("before", "after"))
+        if b is None and a is None:
+            continue
+        f = units.field(key)
+        rows[key] = (f["label"], units.format_value(f["format"], b), units.format_value(f["format"], a),
+                     units.format_change(f["format"], b, a))
+    before, after = result["metrics"]["before"], result["metrics"]["after"]
+    b, a = before["perplexity"]["value"], after["perplexity"]["value"]
+    rows["perplexity"] = ("perplexity", units.format_value("ppl", b), units.format_value("ppl", a),
+                          units.format_change("ppl", b, a))
+    for task, res in after["tasks"].items():
+        for metric in ("acc", "acc_norm"):
+            f = units.field(metric)
+            b, a = before["tasks"][task][metric], res[metric]
+            rows[f"tasks.{task}.{metric}"] = (
+                f"{units.TASK_LABELS[task]} {f['label']}",
+                units.format_value("score", b) + " ± " + units.format_value("score", before["tasks"][task][metric + "_stderr"]),
+                units.format_value("score", a) + " ± " + units.format_value("score", res[metric + "_stderr"]),
+                units.format_change("score", b, a))
+    return rows
+
+
+def test_a_finished_real_job_page_and_a_study(live_server, browser, tmp_path):
+    from layerprune.core import units
+    from layerprune.db.session import dispose_engines, session_factory
+
+    recorded = json.loads((DATA / "demo_job_replay.json").read_text())
+    base, env = live_server
+    headers = {"Authorization": f"Bearer {KEY}"}
+    res = httpx.post(f"{base}/v1/jobs", headers=headers, trust_env=False, json=recorded["spec"])
+    assert res.status_code == 201, res.text
+    job_id = res.json()["id"]
+    sessions = session_factory(env["LAYERPRUNE_DATABASE_URL"])
+    try:
+        _replay_real_job(sessions, job_id, "browser-test-worker", recorded)
+    finally:
+        dispose_engines()
+    job = httpx.get(f"{base}/v1/jobs/{job_id}", headers=headers, trust_env=False).json()
+    events = httpx.get(f"{base}/v1/jobs/{job_id}/events?limit=1000", headers=headers, trust_env=False).json()["data"]
+    # The worker's progress never went backwards, and each event says what it measures.
+    progress = [e["data"]["progress"] for e in events if e["type"] == "progress"]
+    assert progress == sorted(progress) and progress
+    assert all(e["data"].get("stage") for e in events if e["type"] == "progress")
+    losses = [e["data"]["loss"] for e in events if e["type"] == "progress" and e["data"].get("stage") == "finetune"
+              and isinstance(e["data"].get("loss"), float)]
+    assert len(losses) >= 5
+
+    browser.send("Page.navigate", url=f"{base}/dashboard#{job_id}")
+    browser.wait_for("document.readyState === 'complete' && !!document.querySelector('#key-form')")
+    browser.eval(f"document.querySelector('#api-key').value = '{KEY}'; document.querySelector('#key-form').requestSubmit()")
+    browser.wait_for("document.querySelector('#d-status').textContent === 'succeeded'")
+    browser.wait_for("document.querySelectorAll('#d-loss circle.pt').length > 0")
+
+    # The loss curve: one point per reported healing step, in order.
+    points = browser.eval("[...document.querySelectorAll('#d-loss circle.pt')].map(c => +c.dataset.loss)")
+    assert points == losses
+    # The layer chart: 30 layers, the 7 removed marked, and a note that reverse order has no scores.
+    assert browser.eval("document.querySelectorAll('#d-chart rect.bar').length") == job["result"]["num_layers_before"]
+    removed = browser.eval("[...document.querySelectorAll('#d-chart rect.removed')].map(r => +r.dataset.layer)")
+    assert removed == job["result"]["removed_layers"]
+    assert "reverse order" in browser.eval("document.querySelector('#d-chart .chart-note').textContent")
+
+    # Before/after: human labels, the numbers as the one formatter writes the API's figures, colour by verdict.
+    shown = browser.eval("""Object.fromEntries([...document.querySelectorAll('#d-metrics tbody tr')].map(r => [
+        r.dataset.metric, [r.querySelector('td.label').textContent, r.querySelector('td.before').textContent,
+                           r.querySelector('td.after').textContent, r.querySelector('td.change').textContent,
+                           r.querySelector('td.change').className]]))""")
+    expected = _expected_rows(job["result"])
+    assert list(shown) == list(expected)
+    for key, (label, before, after, change) in expected.items():
+        assert shown[key][:4] == [label, before, after, change], key
+    assert not any("stderr" in row[0] or row[0].endswith(" n") for row in shown.values())
+    assert "delta-good" in shown["params"][4] and "delta-good" in shown["size_bytes"][4]  # fewer is better
+    assert "delta-bad" in shown["perplexity"][4]  # x653: worse
+    for key, row in shown.items():
+        if key.startswith("tasks."):
+            b, a = (job["result"]["metrics"][side]["tasks"][key.split(".")[1]][key.split(".")[2]] for side in ("before", "after"))
+            assert ("delta-bad" if a < b else "delta-good" if a > b else "delta-same") in row[4], key
+    # More parameters after than before (an untied lm_head) is red, though the number went up.
+    browser.eval("window.layerpruneDashboard.renderMetrics({params_before: 134515008, params_after: 138045888, metrics: {}})")
+    assert browser.eval("document.querySelector('#d-metrics tr[data-metric=\"params\"] td.change').textContent") == "+2.6%"
+    assert "delta-bad" in browser.eval("document.querySelector('#d-metrics tr[data-metric=\"params\"] td.change').className")
+    browser.eval("window.layerpruneDashboard.state.job = null; window.layerpruneDashboard.refreshDetail()")
+    browser.wait_for("document.querySelector('#d-metrics tr[data-metric=\"params\"] td.change').textContent === "
+                     f"{json.dumps(units.format_change('count', job['result']['params_before'], job['result']['params_after']))}")
+
+    # The jobs list: model, recipe and headline, nothing clipped.
+    row = f"#jobs tr[data-id=\"{job_id}\"]"
+    browser.wait_for(f"!!document.querySelector('{row} td.recipe')")
+    assert browser.eval(f"document.querySelector('{row} td.model').textContent") == "smollm2-135m-instruct"
+    assert browser.eval(f"document.querySelector('{row} td.recipe').textContent") == \
+        "reverse_order · 25% · removed · heal partial"
+    figures = browser.eval(f"[...document.querySelectorAll('{row} td.result .figure')].map(f => [f.dataset.key, f.textContent])")
+    m, r = job["result"]["metrics"], job["result"]
+    acc_b = sum(t["acc"] for t in m["before"]["tasks"].values()) / len(m["before"]["tasks"])
+    acc_a = sum(t["acc"] for t in m["after"]["tasks"].values()) / len(m["after"]["tasks"])
+    ppl_b, ppl_a = m["before"]["perplexity"]["value"], m["after"]["perplexity"]["value"]
+    assert figures == [
+        ["perplexity", f"ppl {units.format_value('ppl', ppl_a)} ({units.format_change('ppl', ppl_b, ppl_a)})"],
+        ["mean_acc", f"acc {units.format_value('score', acc_a)} ({units.format_change('score', acc_b, acc_a)})"],
+        ["params", f"{units.human_count(r['params_after'])} params ({units.format_change('count', r['params_before'], r['params_after'])})"],
+    ]
+    clipped = browser.eval("[...document.querySelectorAll('#jobs td, #jobs th')].filter(c => c.scrollWidth > c.clientWidth + 1)"
+                           ".map(c => c.textContent)")
+    assert clipped == []
+    assert browser.eval("document.querySelector('#jobs').scrollWidth <= document.querySelector('#jobs-panel').clientWidth + 1")
+
+    SCREENSHOTS.mkdir(exist_ok=True)
+    time.sleep(0.5)
+    browser.screenshot(SCREENSHOTS / "job-finished.png")
+    _full_page_screenshot(browser, SCREENSHOTS / "job-finished-full.png")
+    print(f"screenshots: {SCREENSHOTS}")
+
+    # A study from a fixture of the GET /v1/studies/{id} shape; one candidate is this real job.
+    study = json.loads((DATA / "study_fixture.json").read_text())
+    fixture_id = study["candidates"][3]["job_id"]
+    study["candidates"][3]["job_id"] = job_id
+    study["pareto"] = {axis: [job_id if j == fixture_id else j for j in ids] for axis, ids in study["pareto"].items()}
+    # GET /v1/studies answers {"data": [study, ...], ...}: the list shows each with its recommended recipe.
+    browser.eval(f"window.layerpruneDashboard.renderStudies({json.dumps([study])})")
+    listed = browser.eval("[...document.querySelectorAll('#studies tbody tr')].map(r => [r.dataset.id, "
+                          "r.querySelector('td.recipe').textContent])")
+    assert listed == [[study["id"], "angular · 4 layers · linear · distill"]]
+    browser.eval(f"window.layerpruneDashboard.renderStudy({json.dumps(study)})")
+    assert browser.eval("!document.querySelector('#study').hidden")
+    for chart, axis in (("#s-chart-params", "params"), ("#s-chart-speed", "speed")):
+        marked = browser.eval(f"[...document.querySelectorAll('{chart} .pt.front')].map(p => p.dataset.job)")
+        front = [c["job_id"] for c in study["candidates"] if c["pareto"][axis]]
+        assert sorted(marked) == sorted(front), chart
+        finished = [c for c in study["candidates"] if c["results"]["quality"] is not None]
+        assert browser.eval(f"document.querySelectorAll('{chart} .pt:not(.baseline)').length") == len(finished)
+        assert browser.eval(f"document.querySelectorAll('{chart} .pt.baseline').length") == 1
+        assert browser.eval(f"document.querySelectorAll('{chart} .pt.recommended').length") == 1
+    assert browser.eval("document.querySelector('#s-recommendation').textContent").endswith(study["recommendation"]["reason"])
+    quality = browser.eval("[...document.querySelectorAll('#s-candidates td[data-key=quality]')].map(c => c.textContent)")
+    assert quality == [units.format_value("score", c["results"]["quality"]) for c in study["candidates"]]
+    time.sleep(0.3)
+    _full_page_screenshot(browser, SCREENSHOTS / "study.png")
+    # A candidate's point is a link to its job's page.
+    browser.eval(f"document.querySelector('#s-chart-params a[href=\"#{job_id}\"]')"
+                 ".dispatchEvent(new MouseEvent('click', {bubbles: true}))")
+    browser.wait_for(f"location.hash === '#{job_id}' && !document.querySelector('#jobs-view').hidden "
+                     f"&& document.querySelector('#d-id').textContent === '{job_id}'")
+
+
+def _full_page_screenshot(browser, path: Path) -> None:
+    height = browser.eval("Math.ceil(document.documentElement.scrollHeight)")
+    browser.send("Emulation.setDeviceMetricsOverride", width=1400, height=min(int(height), 6000), deviceScaleFactor=1,
+                 mobile=False)
+    try:
+        browser.screenshot(path)
+    finally:
+        browser.send("Emulation.clearDeviceMetricsOverride")
+    assert path.stat().st_size > 10_000

@@ -67,6 +67,11 @@ def test_lifecycle_prune_heal_evaluate_through_the_api(pg_redis_service, tmp_pat
     stages = [e["data"]["stage"] for e in events if e["type"] == "stage"]
     assert stages == ["prune", "finetune", "evaluate", "export"]
     assert any(e["type"] == "progress" and "loss" in e["data"] for e in events)
+    # The job's progress never went back, and evaluation's events say which pass and task they measure.
+    progress = [e["data"]["progress"] for e in events if e["type"] == "progress"]
+    assert progress == sorted(progress)
+    evaluating = [e["data"] for e in events if e["type"] == "progress" and e["data"]["stage"] == "evaluate"]
+    assert evaluating[0]["part"] == "before" and evaluating[0]["task"] == "load"
     assert types[-1] == "state" and events[-1]["data"]["status"] == "succeeded"
     assert not (svc.data_dir / "work" / job_id).exists()  # scratch space removed after the end
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from sqlalchemy import select
@@ -38,12 +38,16 @@ from layerprune.api.deps import SessionDep, SettingsDep, TenantDep
 from layerprune.api.errors import ApiError, not_found
 from layerprune.api.schemas import error_responses
 from layerprune.artifact_store import get_store
+from layerprune.core.units import fields_json
 from layerprune.db import ids
 from layerprune.db.keys import hash_key, key_secret
 from layerprune.db.models import ApiKey, Artifact, Job
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
-ASSETS = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+# The page's modules (one job each: see dashboard.js) and its style sheet.
+ASSETS = {**{name: "text/javascript" for name in ("dashboard.js", "api.js", "dom.js", "format.js", "summary.js",
+                                                  "charts.js", "jobs-list.js", "job.js", "studies.js")},
+          "dashboard.css": "text/css"}
 
 router = APIRouter(tags=["dashboard"])
 _bearer = HTTPBearer(auto_error=False)
@@ -71,6 +75,13 @@ def get_dashboard_asset(name: str) -> FileResponse:
     if name not in ASSETS:  # a fixed list: nothing else under static/ (or outside it) is served
         raise not_found("asset")
     return FileResponse(STATIC / name, media_type=ASSETS[name], headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/dashboard/fields.json", include_in_schema=False)
+def get_dashboard_fields() -> JSONResponse:
+    """What each reported figure is (label, unit, better direction, format): core.units, the one
+    table the CLI and the model card use too. Public, like the page itself: it holds no data."""
+    return JSONResponse(fields_json(), headers={"Cache-Control": "no-cache"})
 
 
 # The page loads only its own files and talks only to this origin.

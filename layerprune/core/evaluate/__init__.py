@@ -106,8 +106,11 @@ def evaluate_model(
     from layerprune.core.evaluate.multiple_choice import run_tasks
     from layerprune.core.evaluate.perplexity import perplexity
     from layerprune.core.loading import load_model, load_tokenizer
+    from layerprune.core.progress import evaluation_cost, split, within
 
     check_evaluate_spec(spec)
+    # Each part reports into its measured share of this evaluation (core.progress), labelled.
+    parts = split(evaluation_cost(spec, with_speed=with_speed))
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if model is None:
@@ -119,20 +122,24 @@ def evaluate_model(
         raise SpecError("the model directory has no tokenizer; evaluation needs one", param="model")
     model.eval()
     timings["load_s"] = time.perf_counter() - t0
+    hooks.detail({"task": "load"})
+    hooks.progress(parts["load"][1], 1.0, "model loaded")
     hooks.check()
     result: dict[str, Any] = {"perplexity": None, "tasks": {}}
     if spec.perplexity is not None:
         t = time.perf_counter()
         result["perplexity"] = perplexity(model, tokenizer, spec.perplexity, batch_size=max(1, spec.batch_size // 2),
-                                          hooks=hooks)
+                                          hooks=within(hooks, *parts["perplexity"], task="perplexity"))
         timings["perplexity_s"] = time.perf_counter() - t
-        hooks.info("perplexity", value=result["perplexity"]["value"])
+        # A sentence, not a bare word: the CLI prints log events between its progress lines.
+        hooks.info(f"perplexity {result['perplexity']['value']:.2f} on {result['perplexity']['num_windows']} "
+                   "windows", value=result["perplexity"]["value"])
     mc_tasks = [t for t in spec.tasks if t not in GEN_TASK_NAMES]
     gen_tasks = [t for t in spec.tasks if t in GEN_TASK_NAMES]
     if mc_tasks:
         t = time.perf_counter()
         result["tasks"].update(run_tasks(model, tokenizer, mc_tasks, limit=spec.limit,
-                                         batch_size=spec.batch_size, hooks=hooks))
+                                         batch_size=spec.batch_size, hooks=within(hooks, *parts["tasks"])))
         timings["tasks_s"] = time.perf_counter() - t
     if gen_tasks:
         from layerprune.core.evaluate.generative import run_generative_tasks
@@ -142,7 +149,7 @@ def evaluate_model(
         result["tasks"].update(run_generative_tasks(
             model, tokenizer, gen_tasks, limit=spec.limit, batch_size=spec.batch_size,
             apply_chat_template=spec.apply_chat_template, gsm8k_train=spec.gsm8k_train, gsm8k_param=gsm8k_param,
-            hooks=hooks))
+            hooks=within(hooks, *parts["generative"])))
         timings["generative_tasks_s"] = time.perf_counter() - t
     result["tasks"] = {name: result["tasks"][name] for name in spec.tasks}
     if spec.samples is not None:
@@ -165,7 +172,7 @@ def evaluate_model(
         from layerprune.core.evaluate.speed import measure_speed
 
         t = time.perf_counter()
-        result["speed"] = measure_speed([model], spec.speed, hooks)[0]
+        result["speed"] = measure_speed([model], spec.speed, within(hooks, *parts["speed"], task="speed"))[0]
         timings["speed_s"] = time.perf_counter() - t
     result["timings"] = timings
     return result

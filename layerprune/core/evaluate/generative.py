@@ -335,6 +335,7 @@ def run_generative_tasks(
     done = 0
     for (until, max_gen_toks), group in pools.items():
         contexts = [c for n in group for c in contexts_of[n]]
+        hooks.detail({"task": "+".join(group)})  # pooled: one count for the tasks of this pool
         texts = greedy_until(model, tokenizer, contexts, until, max_gen_toks=max_gen_toks, batch_size=batch_size,
                              max_length=max_length, hooks=hooks, done_before=done, total=total)
         done += len(contexts)
@@ -349,6 +350,7 @@ def run_generative_tasks(
         task = GEN_TASKS[name]
         if task.output_type != "loglikelihood":
             continue
+        hooks.detail({"task": name})
         requests = [encode_pair(tokenizer, ctx, task.doc_to_target(doc))
                     for ctx, doc in zip(contexts_of[name], docs_of[name], strict=True)]
         results[name] = score_last_word(loglik_and_greedy(model, requests, batch_size=batch_size,

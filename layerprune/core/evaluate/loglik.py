@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -238,6 +238,7 @@ def loglikelihoods(
     max_length: int | None = None,
     share_prefix: bool = True,
     hooks: Hooks = NO_HOOKS,
+    on_scored: Callable[[list[int]], None] | None = None,
 ) -> list[float]:
     """Summed log-probability of each request's continuation tokens given its context tokens.
 
@@ -245,7 +246,8 @@ def loglikelihoods(
     lists the requests of each document (their common prefix runs once). ``batch_size`` counts
     documents per forward pass (their continuations ride along, up to 4 rows per document on
     average); requests with nothing to share count one each. ``share_prefix=False`` runs every
-    request whole, in one pass each.
+    request whole, in one pass each. With ``on_scored``, each batch's request indices go to it
+    instead of a progress call (batches mix documents of several tasks, longest first).
     """
     if max_length is None:
         max_length = model_max_length(model.config)
@@ -277,5 +279,8 @@ def loglikelihoods(
         else:
             _run_plain(model, batch, device, out)
         done += sum(u.num_requests for u in batch)
-        hooks.progress(done, len(items), "scoring")
+        if on_scored is not None:  # the caller reports (per task, in documents)
+            on_scored([request for u in batch for reqs in u.rows.values() for request, _ in reqs])
+        else:
+            hooks.progress(done, len(items), "scoring")
     return out

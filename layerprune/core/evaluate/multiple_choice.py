@@ -12,6 +12,7 @@ as detail.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -77,6 +78,42 @@ def check_task_names(names: list[str]) -> None:
             )
 
 
+def _document_progress(names: list[str], docs_of: dict[str, list[tuple[list[int], int, list[float]]]],
+                       num_requests: int, hooks: Hooks) -> Callable[[list[int]], None]:
+    """A loglikelihoods ``on_scored`` that reports documents done per task (an MMLU subject counts
+    for ``mmlu``): a document is done once all its choices are scored. Each call reports the task
+    that advanced most in the batch, with every task's ``[done, total]`` in ``tasks``."""
+    top = {leaf: name for name in names for leaf in GROUPS.get(name, (name,))}
+    doc_of = [0] * num_requests
+    task_of_doc: list[str] = []
+    left: list[int] = []
+    total = dict.fromkeys(names, 0)
+    for leaf, docs in docs_of.items():
+        for idx, _, _ in docs:
+            for i in idx:
+                doc_of[i] = len(left)
+            task_of_doc.append(top[leaf])
+            left.append(len(idx))
+            total[top[leaf]] += 1
+    done = dict.fromkeys(names, 0)
+
+    def on_scored(batch: list[int]) -> None:
+        moved = dict.fromkeys(names, 0)
+        for i in batch:
+            d = doc_of[i]
+            left[d] -= 1
+            if left[d] == 0:
+                done[task_of_doc[d]] += 1
+                moved[task_of_doc[d]] += 1
+        task = max(names, key=lambda n: moved[n])
+        hooks.detail({"task": task, "task_done": done[task], "task_total": total[task],
+                      "tasks": {n: [done[n], total[n]] for n in names}})
+        hooks.progress(sum(done.values()), sum(total.values()),
+                       f"{task}: {done[task]}/{total[task]} documents")
+
+    return on_scored
+
+
 def run_tasks(
     model: Any,
     tokenizer: Any,
@@ -109,6 +146,7 @@ def run_tasks(
     lls = loglikelihoods(
         model, requests, groups=groups, batch_size=batch_size,
         max_length=model_max_length(model.config, tokenizer), share_prefix=share_prefix, hooks=hooks,
+        on_scored=_document_progress(names, docs_of, len(requests), hooks),
     )
     leaf_results: dict[str, dict[str, Any]] = {}
     for leaf, docs in docs_of.items():

@@ -146,7 +146,7 @@ def finetune_model(source_dir: Path, spec: FinetuneSpec, out_dir: Path, work_dir
     from layerprune.core.device import pick_device, pick_dtype
     from layerprune.core.finetune import lora, methods
     from layerprune.core.finetune.data import split_validation, tokenize_examples
-    from layerprune.core.finetune.loop import train
+    from layerprune.core.finetune.loop import Teacher, TrainConfig, train
 
     source_dir, out_dir, work_dir = Path(source_dir), Path(out_dir), Path(work_dir)
     if spec.method == "none":
@@ -224,10 +224,11 @@ def finetune_model(source_dir: Path, spec: FinetuneSpec, out_dir: Path, work_dir
     hooks.info(f"{spec.method}: {trainable:,} of {total_params:,} parameters trainable",
                trainable_params=trainable, total_params=total_params)
 
-    outcome = train(model, plan, train_ex, val_ex, spec, work_dir, hooks, device,
-                    pad_id=pad_id, fingerprint=_fingerprint(spec, num_layers, len(train_ex), [n for n, _ in named]),
-                    paged_8bit=quantized, autocast_dtype=autocast_dtype, load_teacher=load_teacher,
-                    student_last_layer=last_layer)
+    config = TrainConfig(spec, work_dir, device, pad_id,
+                         _fingerprint(spec, num_layers, len(train_ex), [n for n, _ in named]),
+                         paged_8bit=quantized, autocast_dtype=autocast_dtype)
+    teacher = Teacher(load_teacher, last_layer) if load_teacher is not None else None
+    outcome = train(model, plan, train_ex, val_ex, config, hooks, teacher)
 
     t0 = time.perf_counter()
     # Written beside out_dir and renamed into place: a run killed while saving leaves no half model.

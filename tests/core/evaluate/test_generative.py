@@ -200,6 +200,7 @@ def test_unknown_generation_config_processors_are_warned(tiny_dirs) -> None:
     class Hooks:
         def check(self) -> None: ...
         def progress(self, *a, **k) -> None: ...
+        def detail(self, *a, **k) -> None: ...
         def info(self, *a, **k) -> None: ...
         def warn(self, message: str, **data) -> None:
             warnings.append(message)
@@ -264,25 +265,30 @@ def test_cli_table_and_model_card_show_generative_metrics(tmp_path: Path) -> Non
     assert "perplexity: lower is better" in text
     write_model_card_and_record(tmp_path, {"metrics": {"before": BEFORE, "after": AFTER}})
     card = (tmp_path / "README.md").read_text()
-    assert "| lambada_openai | perplexity | lower | 20 | 400 | x20 | 50 |" in card
-    assert "| gsm8k_cot | exact_match,flexible-extract | higher | 0.2 | 0 | -0.200 | 50 |" in card
+    # Human names and the one formatter (core.units): the figures read as on the CLI and the dashboard.
+    assert "| LAMBADA | perplexity | lower | 20.00 | 400.00 | x20.0 | 50 |" in card
+    assert ("| GSM8K (chain of thought) | exact match (flexible-extract) | higher | 0.200 ± 0.060 | 0.000 ± 0.060 "
+            "| -0.200 | 50 |") in card
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
-def test_dashboard_direction_of_each_metric() -> None:
-    src = (Path(__file__).parents[3] / "layerprune/api/static/dashboard.js").read_text()
-    start = src.index("function lowerIsBetter")
-    fn = src[start:src.index("\n}\n", start) + 2]
-    metrics = json.dumps({"before": BEFORE, "after": AFTER})
-    script = fn + f"""
-const m = {metrics};
-console.log(JSON.stringify([
-  lowerIsBetter("tasks.lambada_openai.perplexity", m), lowerIsBetter("tasks.lambada_openai.acc", m),
-  lowerIsBetter("tasks.gsm8k_cot.exact_match,strict-match", m), lowerIsBetter("perplexity.value", m),
-  lowerIsBetter("tasks.arc_easy.acc", m)]));
-"""
-    out = subprocess.run(["node", "-e", script], capture_output=True, text=True, check=True).stdout
-    assert json.loads(out) == [True, False, False, True, False]
+def test_dashboard_direction_of_each_metric(tmp_path: Path) -> None:
+    from layerprune.core.units import fields_json
+
+    static = Path(__file__).parents[3] / "layerprune/api/static"
+    for name in ("format", "summary"):  # the page's own modules, loadable by node as .mjs
+        text = (static / f"{name}.js").read_text().replace('from "./format.js"', 'from "./format.mjs"')
+        (tmp_path / f"{name}.mjs").write_text(text)
+    result = json.dumps({"metrics": {"before": BEFORE, "after": AFTER}})
+    script = f"""import {{ comparisonRows }} from {json.dumps((tmp_path / "summary.mjs").as_uri())};
+const rows = comparisonRows({result}, {json.dumps(fields_json())});
+console.log(JSON.stringify(Object.fromEntries(rows.map((r) => [r.key, [r.label, r.good, r.verdict, r.afterErr]]))));"""
+    out = subprocess.run(["node", "--input-type=module", "-e", script], capture_output=True, text=True, check=True).stdout
+    rows = json.loads(out)
+    assert rows["tasks.lambada_openai.perplexity"] == ["LAMBADA perplexity", "lower", "bad", None]  # 20 → 400
+    assert rows["tasks.lambada_openai.acc"][:3] == ["LAMBADA accuracy", "higher", "same"]
+    assert rows["tasks.gsm8k_cot.exact_match,flexible-extract"] == [
+        "GSM8K (chain of thought) exact match (flexible-extract)", "higher", "bad", "0.060"]
 
 
 def test_generation_beyond_a_handful_of_examples_goes_to_the_gpu_queue() -> None:
