@@ -92,6 +92,7 @@ class Settings(BaseSettings):
     request_header_timeout_seconds: float = Field(10.0, gt=0)  # request line + headers must arrive within
     request_body_timeout_seconds: float = Field(30.0, gt=0)  # longest wait for the next piece of a body
     keep_alive_timeout_seconds: int = Field(5, ge=1)  # an idle kept-alive connection is closed after
+    job_cache: bool = True  # GET /v1/jobs/{id} answered from memory while a change feed vouches (api/job_cache.py)
 
     @field_validator("data_dir", mode="after")
     @classmethod

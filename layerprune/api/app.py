@@ -23,6 +23,7 @@ from layerprune.api.body_limit import BodyLimitMiddleware
 from layerprune.api.body_timeout import BodyTimeoutMiddleware
 from layerprune.api.deps import install_sessions, limit_threads
 from layerprune.api.errors import install_error_handlers
+from layerprune.api.job_poll import JobPollMiddleware
 from layerprune.api.openapi import install_openapi
 from layerprune.api.routes import (
     artifacts,
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Tru
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         limit_threads(settings)
         done = _startup_work(settings)
+        app.state.job_cache.feed.start(app.state.job_cache)  # the job cache's change listener, if any
         keeper = None
         if start_background:
             keeper = Sweeper(app.state.session_factory, settings, name="layerprune-api-sweeper",
@@ -94,6 +96,7 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Tru
         try:
             yield
         finally:
+            await app.state.job_cache.feed.stop()
             if keeper is not None:
                 keeper.stop()
             if sender is not None:
@@ -121,6 +124,7 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Tru
     for router in (jobs.router, events.router, artifacts.router, files.router, health.router,
                    retention.router, dashboard.router, studies.router):
         app.include_router(router)
+    app.add_middleware(JobPollMiddleware, api=app)  # innermost: the log, metrics and limits see its answers
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_spec_bytes)
     app.add_middleware(BodyTimeoutMiddleware, seconds=settings.request_body_timeout_seconds)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]

@@ -77,6 +77,8 @@ class FailedAuthLimiter:
 
 
 def _trusted(address: str, proxies: list[Network]) -> bool:
+    if not proxies:
+        return False  # the usual case: no address parsing on every request
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -119,6 +121,11 @@ def _guard(app: FastAPI) -> _Guard:
             if guard is None:
                 guard = app.state.auth_guard = _Guard(app.state.settings)
     return guard
+
+
+def any_failures(app: FastAPI) -> bool:
+    """Whether some client has failures on record (else no request can be refused: a cheap test)."""
+    return len(_guard(app).limiter) > 0
 
 
 def refuse_if_blocked(request: Request) -> None:

@@ -16,8 +16,9 @@ and the pool has one for each of them:
 - the session is closed on the event loop when it holds no connection (nothing to send to the
   database), else on a thread of its own that never waits for the bounded set.
 
-The API key check costs no database round trip while the key is in the app's short
-:class:`~layerprune.api.key_cache.KeyCache`.
+The API key check costs no database round trip, and opens no session, while the key is in the
+app's short :class:`~layerprune.api.key_cache.KeyCache`; a miss reads it through a read-only
+session of its own.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from starlette.concurrency import run_in_threadpool
 
 from layerprune.api import auth_limit
 from layerprune.api.errors import ApiError
+from layerprune.api.job_cache import JobCache
+from layerprune.api.job_changes import feed_for
 from layerprune.api.key_cache import KeyCache
 from layerprune.db.keys import tenant_for_key
 from layerprune.settings import Settings
@@ -112,15 +115,16 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
 
 
-def _lookup_tenant(session: Session, key: str) -> str | None:
-    tenant = tenant_for_key(session, key)
-    session.rollback()  # end the read transaction: the route's own queries take a connection again
-    return tenant
+def _lookup_tenant(factory: Any, key: str) -> str | None:
+    session = factory()
+    try:
+        return tenant_for_key(session, key)
+    finally:
+        session.close()  # may write (a legacy hash upgraded): then it ends that transaction here
 
 
 async def get_tenant(
     request: Request,
-    session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
     """The tenant of the request's API key; 401 with ``WWW-Authenticate: Bearer`` otherwise."""
@@ -129,9 +133,9 @@ async def get_tenant(
     auth_limit.refuse_if_blocked(request)  # 429 while this client is over the failed-key limit
     cache: KeyCache = request.app.state.key_cache
     key = credentials.credentials
-    tenant = cache.get(key)
+    tenant = cached_tenant(request.app, key)
     if tenant is None:
-        tenant = await run_in_threadpool(_lookup_tenant, session, key)
+        tenant = await run_in_threadpool(_lookup_tenant, request.app.state.read_session_factory, key)
         if tenant is not None:
             cache.put(key, tenant)
     if tenant is None:
@@ -146,6 +150,31 @@ async def get_tenant(
 TenantDep = Annotated[str, Depends(get_tenant)]
 
 
+def cached_tenant(app: FastAPI, key: str) -> str | None:
+    """The tenant of ``key`` from the key cache (None: not there); a key about to expire is checked
+    again in the background (see :mod:`layerprune.api.key_cache`). Call on the event loop."""
+    cache: KeyCache = app.state.key_cache
+    tenant, refresh = cache.lookup(key)
+    if refresh:
+        task = asyncio.get_running_loop().create_task(_refresh_key(app, key))
+        app.state.key_refreshes.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(app.state.key_refreshes.discard)
+    return tenant
+
+
+async def _refresh_key(app: FastAPI, key: str) -> None:
+    cache: KeyCache = app.state.key_cache
+    try:
+        tenant = await run_in_threadpool(_lookup_tenant, app.state.read_session_factory, key)
+    except Exception:  # noqa: BLE001 - database unavailable: the entry expires; requests then answer 503
+        cache.forget(key)
+        return
+    if tenant is None:
+        cache.forget(key)  # revoked (or removed) since it was verified
+    else:
+        cache.put(key, tenant)
+
+
 def install_sessions(app: FastAPI, settings: Settings) -> None:
     """The app's session factories, key cache and write slots (checked against the pool)."""
     from layerprune.db.session import get_engine, pool_capacity, read_session_factory, session_factory
@@ -156,6 +185,8 @@ def install_sessions(app: FastAPI, settings: Settings) -> None:
     app.state.write_slots = check_pool(pool_capacity(get_engine(url)), settings)
     app.state.write_gates = weakref.WeakKeyDictionary()
     app.state.key_cache = KeyCache(settings.api_key_cache_seconds)
+    app.state.key_refreshes = set()
+    app.state.job_cache = JobCache(feed_for(url, settings.job_cache))
 
 
 def limit_threads(settings: Settings) -> Any:

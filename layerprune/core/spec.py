@@ -420,7 +420,7 @@ class JobSpec(_Strict):
     evaluate: EvaluateSpec | None = None
     webhook: WebhookSpec | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
-    priority: int = Field(0, ge=-100, le=100)
+    priority: int = Field(0, ge=-100, le=100, strict=True)  # strict: `false` or "5" is not a priority
 
     @model_validator(mode="after")
     def _has_stage(self) -> JobSpec:

@@ -57,3 +57,48 @@ def test_a_verified_key_costs_no_database_lookup(client, new_tenant, monkeypatch
         assert client.get("/v1/jobs", headers={"Authorization": "Bearer nope-" + "x" * 20}).status_code == 401
     assert len(calls) == 3
 
+
+
+def test_a_key_in_use_is_handed_out_for_refresh_once_before_it_expires():
+    from layerprune.api import key_cache
+
+    cache = KeyCache(0.5)
+    cache.put("k1", "tenant-a")
+    assert cache.lookup("k1") == ("tenant-a", False)  # young: no refresh
+    time.sleep(0.5 * (1 - key_cache.REFRESH_FRACTION) + 0.02)
+    assert cache.lookup("k1") == ("tenant-a", True)  # the first request near expiry refreshes it
+    assert cache.lookup("k1") == ("tenant-a", False)  # ... and only that one
+    cache.put("k1", "tenant-a")  # verified again: a full TTL from now
+    time.sleep(0.2)
+    assert cache.lookup("k1") == ("tenant-a", False)
+    cache.forget("k1")  # revoked (the refresh found no tenant)
+    assert cache.lookup("k1") == (None, False)
+
+
+def test_a_polled_key_is_verified_again_before_it_expires(service_settings, migrated_db, new_tenant, monkeypatch):
+    """Under steady polling no request finds its key expired (which, with many pollers, made them all
+    look it up at the same instant); the checks happen in the background, about once per TTL."""
+    from fastapi.testclient import TestClient
+
+    from layerprune.api import deps
+    from layerprune.api.app import create_app
+
+    _tenant, h = new_tenant
+    misses, lookups = [], []
+    real_lookup, real_find = KeyCache.lookup, deps.tenant_for_key
+
+    def lookup(self: KeyCache, key: str) -> tuple[str | None, bool]:
+        found = real_lookup(self, key)
+        misses.append(found[0] is None)
+        return found
+
+    monkeypatch.setattr(KeyCache, "lookup", lookup)
+    monkeypatch.setattr(deps, "tenant_for_key", lambda s, k: lookups.append(k) or real_find(s, k))
+    app = create_app(service_settings.model_copy(update={"api_key_cache_seconds": 1.0}), start_background=False)
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 3.5
+        while time.monotonic() < deadline:
+            assert client.get("/v1/jobs", headers=h).status_code == 200
+            time.sleep(0.02)
+    assert misses[0] and not any(misses[1:]), f"{sum(misses)} misses in {len(misses)} requests"
+    assert 3 <= len(lookups) <= 6, len(lookups)  # the first, then one refresh per ~0.8 s

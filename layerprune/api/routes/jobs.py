@@ -7,10 +7,13 @@ import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
+from pydantic import TypeAdapter
 from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
 
 from layerprune.api.deps import SessionDep, SettingsDep, TenantDep
 from layerprune.api.errors import ApiError, not_found
+from layerprune.api.job_cache import GENERATION_SCOPE_KEY, JobCache
 from layerprune.api.pagination import AfterQuery, LimitQuery, bad_cursor, envelope
 from layerprune.api.schemas import JOB_CREATE_EXAMPLES, JobCreate, JobPublic, JobsPublic, error_responses
 from layerprune.api.validation import metadata_problem, validate_job_spec
@@ -138,11 +141,39 @@ def list_jobs_route(
 
 
 @router.get("/{job_id}", response_model=JobPublic, summary="Get a job", responses=error_responses(401, 404, 503))
-def get_job_route(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
-    job = get_job(session, tenant, job_id)
-    if job is None:
-        raise not_found("job")
-    return JobPublic.from_row(job)
+async def get_job_route(job_id: str, request: Request, tenant: TenantDep) -> Response:
+    # The polling hot path (issue 11): the job's JSON from memory while the change feed vouches
+    # for it (api/job_cache.py), else read on a worker thread. The bytes are those FastAPI makes
+    # of the response model; ``response_model`` stays for the OpenAPI document.
+    cache: JobCache = request.app.state.job_cache
+    looked_up = request.scope.get(GENERATION_SCOPE_KEY)  # a miss of api/job_poll.py's
+    if looked_up is not None and looked_up[:2] == (tenant, job_id):
+        body, generation = None, looked_up[2]
+    else:
+        body, generation = await cache.lookup(tenant, job_id)
+    if body is None:
+        body = await run_in_threadpool(_read_job_json, request.app.state.read_session_factory, tenant, job_id)
+        cache.store(tenant, job_id, body, generation)
+    return Response(body, media_type="application/json")
+
+
+_JOB_JSON = TypeAdapter(JobPublic)
+
+
+def _read_job_json(factory: Any, tenant: str, job_id: str) -> bytes:
+    session = factory()
+    try:
+        job = get_job(session, tenant, job_id)
+        if job is None:
+            raise not_found("job")
+        return job_json(job)
+    finally:
+        session.close()
+
+
+def job_json(job: Any) -> bytes:
+    """The body of ``GET /v1/jobs/{id}`` for a job row, as FastAPI's response-model serialiser makes it."""
+    return _JOB_JSON.dump_json(JobPublic.from_row(job), by_alias=True)
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, summary="Cancel a job",

@@ -12,17 +12,13 @@ Create Date: 2026-11-30
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import sqlalchemy as sa
 from alembic import op
 
 from layerprune.db.models import JSONType, UTCDateTime
 
 revision = "0004"
-# 0003 comes from a parallel branch; until it is merged this file follows 0002 (the same schema
-# either way: 0004 touches nothing 0003 does). Once 0003 is merged this is simply "0003".
-down_revision = "0003" if any(Path(__file__).parent.glob("0003_*.py")) else "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
