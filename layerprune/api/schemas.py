@@ -1,7 +1,8 @@
 """Request and response bodies (DTOs), kept apart from the ORM models.
 
-``JobCreate`` is core's ``JobSpec`` itself: one definition of a valid spec, shared by the API,
-the worker and the docs. Responses are built from rows with ``from_row``.
+``JobCreate`` is core's ``JobSpec`` (the model and the stages: one definition of a valid spec,
+shared by the API, the worker and the docs) plus what only the service keeps: the webhook, the
+metadata and the priority. Responses are built from rows with ``from_row``.
 """
 
 from __future__ import annotations
@@ -9,12 +10,51 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from layerprune.core.spec import JobSpec
+from layerprune.core.errors import SpecError
+from layerprune.core.spec import JobSpec, StrictModel
 from layerprune.db.models import Artifact, File, Job, JobEvent
 
-JobCreate = JobSpec
+METADATA_MAX_KEYS = 64
+
+
+class WebhookSpec(StrictModel):
+    url: str = Field(..., min_length=1, max_length=2048)
+    secret: str | None = Field(None, max_length=512)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not (v.startswith("http://") or v.startswith("https://")):
+            raise ValueError("webhook url must be http:// or https://")
+        return v
+
+
+class JobCreate(JobSpec):
+    """A job request: core's spec, and the service's own fields beside it. The whole body is
+    stored as the job's ``spec``; metadata and priority also get columns of their own."""
+
+    webhook: WebhookSpec | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    priority: int = Field(0, ge=-100, le=100)
+
+    @model_validator(mode="after")
+    def _metadata_size(self) -> JobCreate:
+        if len(self.metadata) > METADATA_MAX_KEYS:
+            raise SpecError(f"metadata holds at most {METADATA_MAX_KEYS} keys", param="metadata")
+        return self
+
+    def core_spec(self) -> JobSpec:
+        """The spec alone (model and stages), as the worker will read it back."""
+        return JobSpec.from_stored(self.model_dump(mode="json"))
+
+
+# Published (OpenAPI component, validation errors) under core's name, as the request body has been
+# since the first release: a generated client's type must not be renamed under it. The schema is
+# rebuilt because pydantic fixes a model's reference name when the class is created.
+JobCreate.__name__ = JobCreate.__qualname__ = "JobSpec"
+JobCreate.model_rebuild(force=True)
 
 JOB_CREATE_EXAMPLES: dict[str, dict[str, Any]] = {
     "paper_recipe": {

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from layerprune.api.schemas import JobCreate
 from layerprune.cli.remote import load_spec
 from layerprune.client import LayerPruneClient
-from layerprune.core.spec import JobSpec
 from layerprune.settings import Settings
 from tests.cli.conftest import KEY_A, Live
 
@@ -41,7 +41,7 @@ def test_every_setting_is_documented() -> None:
 
 @pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.*[jy][sa]*[nl]")), ids=lambda p: p.name)
 def test_example_specs_are_valid(path: Path) -> None:
-    JobSpec.model_validate(load_spec(str(path)))
+    JobCreate.model_validate(load_spec(str(path)))  # a request body: the spec and the service fields
 
 
 def test_curl_urls_with_brackets_turn_off_globbing() -> None:
