@@ -17,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import try_to_load_from_cache
 from sqlalchemy.orm import Session
 
 from layerprune.api.file_checks import GSM8K, PURPOSE_FORMATS, TEXTS, read_formats
@@ -254,7 +255,7 @@ def model_layer_count(session: Session, tenant: str, spec: JobSpec, settings: Se
 
     local = local_model_path(ref, settings.model_root_paths)
     if local is None:
-        return None
+        return _hub_layer_count(ref, spec.revision)
     config = _read_config(local / "config.json")
     if config is None:
         raise SpecError(f"model directory '{ref}' has no readable config.json", param="model")
@@ -265,6 +266,22 @@ def model_layer_count(session: Session, tenant: str, spec: JobSpec, settings: Se
         return num_layers_of(config)
     except UnsupportedArchitectureError:
         raise SpecError(f"model directory '{ref}' has no layer count in config.json", param="model") from None
+
+
+def _hub_layer_count(repo_id: str, revision: str | None) -> int | None:
+    """A hub model's layer count from its ``config.json`` in this host's hub cache (no download);
+    None when it is not cached or not readable here: the worker checks once it has the config."""
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    except ValueError:  # not a valid repo id for the cache: the worker reports it
+        return None
+    config = _read_config(Path(cached)) if isinstance(cached, str) else None
+    if config is None or config.get("auto_map"):
+        return None
+    try:
+        return num_layers_of(config)
+    except UnsupportedArchitectureError:
+        return None
 
 
 __all__ = ["validate_job_spec", "model_layer_count", "cuda_workers", "metadata_problem"]
