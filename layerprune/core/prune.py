@@ -1,17 +1,16 @@
 """Prune a model directory: choose layers with a metric, remove them, write the result.
 
 One loop serves every metric and both one-shot and iterative pruning (⌈k/step⌉ rounds of
-score → choose ``step`` layers → remove → optionally heal). The output is always written by
+score → choose ``step`` layers → remove → optionally heal), in small steps over explicit state:
+the layer plan (core/layer_plan.py: k, step, rounds, checked before anything is loaded), the
+:class:`Renumbering` (which original layer each current and on-disk layer is) and :class:`_Pruning`
+(what the run has recorded). The output is always written by
 :func:`~layerprune.core.streaming.stream_prune` from the last directory on disk (the input, or
 the previous round's healed model), so its tensors keep their dtype and bytes exactly; a model
-is loaded into memory only when a metric needs a forward pass (taylor, ppl, block_influence,
-angular), and then only to score.
+is loaded into memory only when the metric's registry record says it scores with one
+(core/scoring/registry.py), and then only to score.
 With ``replace`` "linear" (core/replace) each write first fits a map per removed run on the
 directory's full model (the scoring model when it is still whole), then streams and folds.
-
-Two numberings are tracked: ``layers`` maps each current layer to its original index (what the
-result reports), ``on_disk`` maps each layer of the current directory to its original index
-(what the next stream_prune removes from).
 """
 
 from __future__ import annotations

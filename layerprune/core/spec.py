@@ -3,7 +3,11 @@
 Torch-free on purpose: the API validates specs and publishes their JSON Schema without importing
 torch. Structural problems (wrong type, value out of range) are pydantic errors whose ``loc`` is
 the field's path; checks that need the model's layer count live in :func:`resolve_layer_count`
-and raise :class:`SpecError` naming the field.
+and core/layer_plan.py (which the API and the worker both call) and raise :class:`SpecError`
+naming the field.
+
+The spec is the model and the stages only: what a service keeps beside it (webhook, metadata,
+priority, the queue) is the service's (api/schemas.py ``JobCreate``).
 
 Defaults follow Lu et al. 2024 (shared/METHODS.md): reverse-order removal of 25% of layers, then
 partial healing of lm_head + final norm + the last 3 remaining layers (AdamW, lr 1e-5, 2 epochs,

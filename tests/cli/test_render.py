@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from layerprune.api.schemas import JobCreate
 from layerprune.cli import main
 from layerprune.cli.progress import ProgressView
 from layerprune.cli.render import (
@@ -19,7 +20,6 @@ from layerprune.cli.render import (
     summary_table,
 )
 from layerprune.client import Event, Job, _parse_sse
-from layerprune.core.spec import JobSpec
 from layerprune.demo import demo_spec
 
 DATA = Path(__file__).parent / "data"
@@ -185,7 +185,7 @@ def test_sse_parser() -> None:
 
 def test_demo_spec_is_the_papers_recipe_and_valid() -> None:
     spec = demo_spec()
-    parsed = JobSpec.model_validate(spec)
+    parsed = JobCreate.model_validate(spec)  # a request body: the spec and the service fields
     assert parsed.model == "bundled:smollm2-135m-instruct"
     assert parsed.prune is not None and parsed.prune.metric == "reverse_order" and parsed.prune.ratio == 0.25
     assert parsed.finetune is not None and parsed.finetune.method == "partial"
