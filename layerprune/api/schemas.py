@@ -45,10 +45,6 @@ class JobCreate(JobSpec):
             raise SpecError(f"metadata holds at most {METADATA_MAX_KEYS} keys", param="metadata")
         return self
 
-    def core_spec(self) -> JobSpec:
-        """The spec alone (model and stages), as the worker will read it back."""
-        return JobSpec.from_stored(self.model_dump(mode="json"))
-
 
 # Published (OpenAPI component, validation errors) under core's name, as the request body has been
 # since the first release: a generated client's type must not be renamed under it. The schema is
