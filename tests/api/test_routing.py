@@ -34,6 +34,10 @@ def test_metric_routing(metric: str) -> None:
     ({"evaluate": {"tasks": ["gsm8k_cot"], "limit": 25}}, "cpu"),
     ({"evaluate": {"tasks": ["gsm8k_cot"], "limit": 26}}, "gpu"),  # generation is costly
     ({"evaluate": {"perplexity": {}, "limit": 10}}, "cpu"),
+    # generation beyond a handful of examples goes to the gpu queue
+    ({"evaluate": {"tasks": ["nq_open"], "limit": 20}}, "cpu"),
+    ({"evaluate": {"tasks": ["nq_open"], "limit": 50}}, "gpu"),
+    ({"evaluate": {"tasks": ["piqa"], "limit": 50}}, "cpu"),
 ])
 def test_stage_routing(body: dict, queue: str) -> None:
     assert queue_for(JobSpec.model_validate(body)) == queue

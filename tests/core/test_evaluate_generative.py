@@ -283,9 +283,3 @@ console.log(JSON.stringify([
 """
     out = subprocess.run(["node", "-e", script], capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == [True, False, False, True, False]
-
-
-def test_generation_beyond_a_handful_of_examples_goes_to_the_gpu_queue() -> None:
-    assert not JobSpec.model_validate({"evaluate": {"tasks": ["nq_open"], "limit": 20}}).needs_gpu
-    assert JobSpec.model_validate({"evaluate": {"tasks": ["nq_open"], "limit": 50}}).needs_gpu
-    assert not JobSpec.model_validate({"evaluate": {"tasks": ["piqa"], "limit": 50}}).needs_gpu
