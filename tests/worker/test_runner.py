@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import threading
 
 import pytest
 from sqlalchemy import select
@@ -10,9 +12,10 @@ from sqlalchemy import select
 from layerprune.core.bundled import bundled_text
 from layerprune.core.spec import JobSpec
 from layerprune.db.models import Artifact, File, Job, JobEvent
+from layerprune.db.queue import claim_job
 from layerprune.settings import Settings
 from layerprune.storage import LocalStore
-from layerprune.worker.runner import run_job
+from layerprune.worker.runner import Attempt, run_job
 from tests.worker.conftest import new_job
 
 PRUNE = {"metric": "reverse_order", "num_layers": 2}
@@ -165,3 +168,15 @@ def test_a_stored_request_body_with_service_fields_runs(env, tiny_root):
     job_id = new_job(env[1], stored)
     assert _run(env, job_id) == "succeeded"
     assert _job(env, job_id).result["removed_layers"] == [6, 7]
+
+
+def test_a_full_scratch_disk_fails_as_disk_full(env, tiny_root):
+    """ENOSPC while a stage writes scratch files maps through the storage failure path: disk_full."""
+    settings, sf, store = env
+    job_id = new_job(sf, _spec(tiny_root, prune=PRUNE))
+    with sf() as s:
+        assert claim_job(s, job_id, "w1", settings.lease_seconds) is not None
+    attempt = Attempt(job_id=job_id, worker_id="w1", tenant="t1", raw_spec={}, number=1, settings=settings,
+                      sessions=sf, store=store, stop=threading.Event())
+    assert attempt._crashed(OSError(errno.ENOSPC, "No space left on device")) == "failed"
+    assert _job(env, job_id).error["code"] == "disk_full"
