@@ -7,7 +7,7 @@ tokenization, scoring, metrics. lm-eval's TaskManager index is built once, outsi
 Prints one JSON line: per task examples/s of each, the speed-up, both accuracies; and overall.
 
 Generative and last-word tasks (``--gen-tasks``; lm-eval reads them through
-tests/core/test_evaluate_agreement_generative.py's raw-file tasks) are timed the same way, with their own
+tests/core/evaluate/test_generative_agreement.py's raw-file tasks) are timed the same way, with their own
 ``--gen-limit``; their figures are reported apart (``generative``), with their scores, because
 a generated example costs far more than a scored one.
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     gen_tm = None
     if gen_tasks:
         # lm-eval's stock generative tasks on the raw offline files (the agreement test's own reading).
-        from tests.core.test_evaluate_agreement_generative import raw_task_configs
+        from tests.core.evaluate.test_generative_agreement import raw_task_configs
 
         gen_names = {t: n for t, n in raw_task_configs(tmp / "gen_tasks").items() if t in gen_tasks}
         from lm_eval.tasks import TaskManager

@@ -1,4 +1,4 @@
-"""A Python client for the layerprune HTTP API (shared/CONTRACT.md, v1), for pipelines and the CLI.
+"""A Python client for the layerprune HTTP API (docs/contract.md, v1), for pipelines and the CLI.
 
     from layerprune.client import LayerPruneClient
 

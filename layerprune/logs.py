@@ -32,15 +32,6 @@ def bind(**fields: Any) -> Iterator[None]:
         _context.reset(token)
 
 
-def bind_fields(**fields: Any) -> None:
-    """Add fields to the current context without a block (a request or task scope ends it)."""
-    _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
-
-
-def current_fields() -> dict[str, Any]:
-    return dict(_context.get())
-
-
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {

@@ -11,7 +11,8 @@ Two kinds of numbers:
   histograms are computed over every finished job still in the table, so they only grow, as
   Prometheus histograms should (jobs rows are never deleted; retention removes artifacts only).
 
-``install(app)`` adds the middleware and the route; nothing else in the app changes.
+``registry_for(app)`` builds an app's registry (process-wide families plus its DB view);
+``layerprune.api.routes.metrics.install(app)`` adds the middleware and ``GET /metrics``.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
-from starlette.responses import Response
+from sqlalchemy import func, select
+
+from layerprune.db.models import Job, JobEvent, WebhookDelivery
+from layerprune.queue.status import HELD_STATUSES, JOB_STATUSES, TERMINAL_STATUSES, JobStatus
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
@@ -42,7 +46,6 @@ WEBHOOK_DELIVERIES = Counter("layerprune_webhook_deliveries",
                              "Webhook delivery attempts made by this process, by outcome "
                              "(delivered|retry|failed)", ["outcome"], registry=REGISTRY)
 
-JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)
 DB_CACHE_SECONDS = 5.0
 
@@ -114,10 +117,6 @@ def _histogram(name: str, doc: str, labels: list[str],
 
 def read_job_metrics(session: Any, now: datetime | None = None) -> list[Metric]:
     """Every DB-derived metric family, from one consistent read of the tables."""
-    from sqlalchemy import func, select
-
-    from layerprune.db.models import Job, JobEvent, WebhookDelivery
-
     now = now or datetime.now(UTC)
     jobs_by_state = GaugeMetricFamily("layerprune_jobs", "Jobs by state (all tenants)", labels=["status"])
     counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
@@ -126,11 +125,11 @@ def read_job_metrics(session: Any, now: datetime | None = None) -> list[Metric]:
 
     depth = GaugeMetricFamily("layerprune_queue_depth", "Queued jobs waiting for a worker, by queue",
                               labels=["queue"])
-    queued = dict(session.execute(select(Job.queue, func.count()).where(Job.status == "queued")
+    queued = dict(session.execute(select(Job.queue, func.count()).where(Job.status == JobStatus.QUEUED)
                                   .group_by(Job.queue)).all())
     for queue in sorted(set(queued) | {"gpu", "cpu"}):
         depth.add_metric([queue], float(queued.get(queue, 0)))
-    oldest = session.scalar(select(func.min(Job.created_at)).where(Job.status == "queued"))
+    oldest = session.scalar(select(func.min(Job.created_at)).where(Job.status == JobStatus.QUEUED))
     oldest_age = GaugeMetricFamily("layerprune_queue_oldest_age_seconds",
                                    "Age of the oldest queued job (0 when the queue is empty)")
     oldest_age.add_metric([], _seconds(now, oldest) or 0.0)
@@ -140,7 +139,7 @@ def read_job_metrics(session: Any, now: datetime | None = None) -> list[Metric]:
                               "Unix time of each busy worker's latest heartbeat", labels=["worker_id"])
     busy = session.execute(
         select(Job.worker_id, func.max(Job.heartbeat_at))
-        .where(Job.status.in_(("running", "cancelling")), Job.worker_id.is_not(None))
+        .where(Job.status.in_(HELD_STATUSES), Job.worker_id.is_not(None))
         .group_by(Job.worker_id)).all()
     for worker_id, beat in busy:
         if beat is not None:
@@ -162,7 +161,7 @@ def read_job_metrics(session: Any, now: datetime | None = None) -> list[Metric]:
     runs: dict[tuple[str, ...], list[float]] = {}
     finished = session.execute(
         select(Job.queue, Job.status, Job.created_at, Job.started_at, Job.finished_at)
-        .where(Job.status.in_(("succeeded", "failed", "cancelled")))).all()
+        .where(Job.status.in_(TERMINAL_STATUSES))).all()
     for queue, status, created, started, ended in finished:
         wait = _seconds(started, created)
         if wait is not None:
@@ -176,7 +175,7 @@ def read_job_metrics(session: Any, now: datetime | None = None) -> list[Metric]:
     rows = session.execute(
         select(JobEvent.job_id, JobEvent.type, JobEvent.data, JobEvent.created_at)
         .join(Job, Job.id == JobEvent.job_id)
-        .where(Job.status.in_(("succeeded", "failed", "cancelled")),
+        .where(Job.status.in_(TERMINAL_STATUSES),
                JobEvent.type.in_(("stage", "state", "retry")))
         .order_by(JobEvent.job_id, JobEvent.seq)).all()
     open_stage: dict[str, tuple[str, datetime]] = {}
@@ -238,49 +237,6 @@ def render(registry: CollectorRegistry = REGISTRY) -> bytes:
 # ------------------------------------------------------------------ wiring
 
 
-def install(app: Any, token: str | None = None) -> None:
-    """Add the HTTP middleware, the DB collector and ``GET /metrics`` to a FastAPI app.
-
-    ``token``: when set, a scrape must send ``Authorization: Bearer <token>`` (the metrics show
-    job counts and worker ids of every tenant); unset, the endpoint is open, for deployments that
-    reach it only from inside their network.
-    """
-    import hmac
-
-    from fastapi import APIRouter, Request
-
-    from layerprune.api.errors import error_response
-
-    app.add_middleware(MetricsMiddleware)
-    collector = JobsCollector(lambda: getattr(app.state, "session_factory", None))
-    app.state.metrics_registry = registry = CollectorRegistry(auto_describe=False)
-    # One registry per app: the process-wide families plus this app's DB view.
-    registry.register(_Forward(REGISTRY))
-    registry.register(collector)
-
-    router = APIRouter(tags=["operations"])
-
-    def get_metrics(request: Request) -> Response:
-        if token:
-            scheme, _, given = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-                return error_response(401, "unauthorized",
-                                      "/metrics needs 'Authorization: Bearer <LAYERPRUNE_METRICS_TOKEN>'",
-                                      headers={"WWW-Authenticate": "Bearer"})
-        return Response(render(registry), media_type=CONTENT_TYPE_LATEST)
-
-    # Real classes, not the strings this module's future import makes of annotations: FastAPI
-    # resolves strings in the module's globals, where the lazily imported Request is not.
-    get_metrics.__annotations__ = {"request": Request, "return": Response}
-    router.add_api_route("/metrics", get_metrics, methods=["GET"], summary="Prometheus metrics",
-                         response_class=Response,
-                         responses={200: {"content": {CONTENT_TYPE_LATEST: {}},
-                                          "description": "Prometheus text exposition format"},
-                                    401: {"description": "LAYERPRUNE_METRICS_TOKEN is set and was not sent"}})
-
-    app.include_router(router)
-
-
 class _Forward:
     """Expose another registry's metrics through this one."""
 
@@ -292,3 +248,11 @@ class _Forward:
 
     def describe(self) -> Iterable[Metric]:
         return []
+
+
+def registry_for(session_factory: Callable[[], Callable[[], Any] | None]) -> CollectorRegistry:
+    """One registry per app: the process-wide families plus a DB view read through ``session_factory``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Forward(REGISTRY))
+    registry.register(JobsCollector(session_factory))
+    return registry

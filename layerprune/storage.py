@@ -5,6 +5,10 @@ a temporary folder beside its final place, then the folder is renamed into place
 that does the worker commit the artifact rows, so a reader never sees a half-written file and a
 failed or cancelled job exposes nothing. Keys are ``<tenant>/<job_id>/<relative path>`` under the
 store's root (settings.effective_storage_dir).
+
+This module is the stores' interface (``ArtifactStore``, ``StoredFile``, key rules) and the local
+store; ``layerprune.storage_s3`` builds on it, and ``layerprune.artifact_store.get_store`` picks
+the one the settings name (so neither store module imports the other's).
 """
 
 from __future__ import annotations
@@ -141,15 +145,3 @@ class LocalStore:
 
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self._path(prefix), ignore_errors=True)
-
-
-def get_store(settings=None) -> ArtifactStore:  # noqa: ANN001 - Settings, imported lazily
-    """The configured store: local files unless ``storage_url`` names object storage."""
-    from layerprune.settings import get_settings
-
-    settings = settings or get_settings()
-    if settings.storage_url.startswith("s3://"):
-        from layerprune.storage_s3 import S3Store  # written with the S3 feature
-
-        return S3Store.from_settings(settings)
-    return LocalStore(settings.effective_storage_dir)

@@ -1,9 +1,10 @@
 """Webhook deliveries of terminal job states: Standard Webhooks signing, an SSRF guard, retries.
 
 Flow (one owner per step):
-1. ``enqueue_delivery(session, job)`` is called by whoever moves a job into a terminal state
-   (worker's finish/fail/cancel, the reaper, the API's cancel of a queued job) *in the same
-   transaction*: the ``webhook_deliveries`` row exists exactly when the terminal state does.
+1. Every terminal transition of ``layerprune.queue.transitions`` (finish, fail, cancel, the
+   reaper's moves, the API's cancel of a queued job) adds the ``webhook_deliveries`` row
+   (``enqueue_delivery``) *in the same transaction*: the row exists exactly when the terminal
+   state does.
 2. ``WebhookSender`` (a daemon thread in the API and in each worker process, never inside a job)
    or ``deliver_due(...)`` claims due rows atomically and POSTs them; a double claim is impossible
    because the claim is one guarded UPDATE.
@@ -17,7 +18,8 @@ secret with its ``whsec_`` prefix stripped, base64-decoded. A secret that is not
 same rule, so both ends agree. A job without a secret is delivered unsigned (no signature header).
 
 Body: the Standard Webhooks envelope ``{"type": "job.succeeded"|"job.failed"|"job.cancelled",
-"timestamp": <RFC 3339>, "data": <the job object as GET /v1/jobs/{id} answers it>}``.
+"timestamp": <RFC 3339>, "data": <the job object as GET /v1/jobs/{id} answers it>}``
+(``layerprune.queue.job_object``).
 
 Retry policy: attempt n (1-based) that fails with a network error, a timeout, a 429 or any status
 outside 2xx is retried after ``min(cap, base * 2 ** (n - 1))`` seconds (settings
@@ -53,13 +55,18 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+from sqlalchemy import select, update
 
 from layerprune.core.errors import LayerPruneError
+from layerprune.db.events import add_event
+from layerprune.db.models import Job
+from layerprune.db.models import WebhookDelivery as D
+from layerprune.metrics import WEBHOOK_DELIVERIES
+from layerprune.queue.job_object import job_object
 from layerprune.settings import Settings, get_settings
 
 log = logging.getLogger("layerprune.webhooks")
 
-TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 # A claimed delivery is invisible to other senders for this long; a sender that dies mid-attempt
 # leaves the row to be retried after it (the attempt counter already counts the lost try).
 CLAIM_SECONDS = 120.0
@@ -251,43 +258,8 @@ def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def job_object(job: Any) -> dict[str, Any]:
-    """The job exactly as GET /v1/jobs/{id} answers it, with the webhook secret masked."""
-    from layerprune.api.schemas import JobPublic
-
-    return JobPublic.from_row(job).model_dump(mode="json")
-
-
-def enqueue_delivery(session: Any, job_id: str, status: str) -> Any | None:
-    """Add the delivery row for ``job_id`` reaching terminal ``status`` (the caller commits).
-
-    Call it in the transaction that makes the job terminal, so the row exists exactly when the
-    terminal state does. Returns the row, or None when the job has no webhook or ``status`` is not
-    terminal. Does no network I/O, so it never slows the caller down.
-    """
-    from sqlalchemy import select
-
-    from layerprune.db.models import Job, WebhookDelivery
-
-    if status not in TERMINAL_STATES:
-        return None
-    spec = session.scalar(select(Job.spec).where(Job.id == job_id))
-    hook = spec.get("webhook") if isinstance(spec, dict) else None
-    if not isinstance(hook, dict) or not hook.get("url"):
-        return None
-    now = _now()
-    row = WebhookDelivery(job_id=job_id, url=hook["url"], event_type=f"job.{status}", status="pending",
-                          attempts=0, next_attempt_at=now, created_at=now)
-    session.add(row)
-    return row
-
-
 def _claim(session_factory: Callable[[], Any], delivery_id: str, now: datetime) -> bool:
     """Take one due delivery: bump attempts and hide it for CLAIM_SECONDS, in one guarded UPDATE."""
-    from sqlalchemy import update
-
-    from layerprune.db.models import WebhookDelivery as D
-
     with session_factory() as session:
         result = session.execute(
             update(D)
@@ -301,9 +273,6 @@ def _claim(session_factory: Callable[[], Any], delivery_id: str, now: datetime) 
 def deliver_one(session_factory: Callable[[], Any], delivery_id: str, *, settings: Settings | None = None,
                 resolve: Resolver = system_resolver) -> str | None:
     """Make one attempt of a due delivery. Returns delivered|retry|failed, or None if not claimed."""
-    from layerprune.db.models import Job
-    from layerprune.db.models import WebhookDelivery as D
-
     settings = settings or get_settings()
     if not _claim(session_factory, delivery_id, _now()):
         return None
@@ -334,9 +303,6 @@ def deliver_one(session_factory: Callable[[], Any], delivery_id: str, *, setting
 def _record(session_factory: Callable[[], Any], delivery_id: str, attempt: int, result: AttemptResult,
             settings: Settings) -> str:
     """Store an attempt's outcome on the row and as a ``webhook`` job event, in one transaction."""
-    from layerprune.db.events import add_event
-    from layerprune.db.models import WebhookDelivery as D
-
     now = _now()
     with session_factory() as session:
         row = session.get(D, delivery_id)
@@ -365,7 +331,7 @@ def _record(session_factory: Callable[[], Any], delivery_id: str, attempt: int, 
         add_event(session, row.job_id, "webhook", message, level=level, data=data)
         session.commit()
         job_id = row.job_id
-    _count_outcome(outcome)
+    WEBHOOK_DELIVERIES.labels(outcome=outcome).inc()
     log.log(logging.WARNING if outcome == "failed" else logging.INFO, "webhook %s", outcome,
             extra={"job_id": job_id, "delivery_id": delivery_id, "attempt": attempt,
                    "status_code": result.status_code})
@@ -378,19 +344,7 @@ def _redact(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
-def _count_outcome(outcome: str) -> None:
-    try:
-        from layerprune.metrics import WEBHOOK_DELIVERIES
-    except ImportError:  # metrics are optional for the sender
-        return
-    WEBHOOK_DELIVERIES.labels(outcome=outcome).inc()
-
-
 def due_delivery_ids(session_factory: Callable[[], Any], limit: int = 50) -> list[str]:
-    from sqlalchemy import select
-
-    from layerprune.db.models import WebhookDelivery as D
-
     with session_factory() as session:
         rows = session.execute(
             select(D.id).where(D.status == "pending", D.next_attempt_at <= _now())
@@ -413,7 +367,7 @@ def deliver_due(session_factory: Callable[[], Any], *, limit: int = 50, settings
 
 
 class WebhookSender:
-    """A daemon thread that sweeps due deliveries every ``interval`` seconds; ``wake()`` nudges it."""
+    """A daemon thread that sweeps due deliveries every ``interval`` seconds."""
 
     def __init__(self, session_factory: Callable[[], Any], *, interval: float | None = None,
                  settings: Settings | None = None) -> None:
@@ -427,9 +381,6 @@ class WebhookSender:
     def start(self) -> WebhookSender:
         self._thread.start()
         return self
-
-    def wake(self) -> None:
-        self._wake.set()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()

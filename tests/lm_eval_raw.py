@@ -18,7 +18,7 @@ the SuperGLUE passages (``"<title> -- <passage>"``; google/boolq in ``hf_dataset
 title). :func:`olmes_docs` reads them and the ``*_from_olmes`` functions turn each document back
 into the row schema of lm-eval's data set with string slicing only (the inverse of OLMES's
 rendering, written here from the file format, not from layerprune's loader). Each conversion is
-checked in tests/core/test_evaluate_agreement.py: lm-eval's template re-rendered on the converted
+checked in tests/core/evaluate/test_multiple_choice_agreement.py: lm-eval's template re-rendered on the converted
 rows gives back OLMES's request contexts character for character, and on the splits where the raw
 rows ship too, conversion equals the raw rows.
 

@@ -65,26 +65,26 @@ def _reset_caches() -> None:
 
     reset_settings_cache()
     try:
-        from layerprune import dispatch
+        from layerprune.queue import celery_app
 
-        dispatch.configure()
+        celery_app.configure()
         # Celery's connection and producer pools live in kombu's process-wide pool groups, keyed
         # by broker URL and options; a pool closed for an earlier configuration would be handed
         # out again for an equal one ("Acquire on closed pool"). Start from empty groups.
         from kombu import pools
 
         pools.reset()
-        dispatch.celery_app._pool = None
-        dispatch.celery_app.amqp._producer_pool = None
-    except Exception:  # noqa: BLE001 - dispatch is optional for pure API tests
+        celery_app.celery_app._pool = None
+        celery_app.celery_app.amqp._producer_pool = None
+    except Exception:  # noqa: BLE001 - celery is optional for pure API tests
         pass
 
 
 def restore_service_env(saved: dict[str, str]) -> None:
     """After a test started service processes: drop pooled DB connections, put every
-    ``LAYERPRUNE_*`` variable back as ``saved`` held it, and reload settings and dispatch."""
-    from layerprune import dispatch
+    ``LAYERPRUNE_*`` variable back as ``saved`` held it, and reload settings and the Celery app."""
     from layerprune.db.session import dispose_engines
+    from layerprune.queue import celery_app
     from layerprune.settings import reset_settings_cache
 
     dispose_engines()
@@ -92,7 +92,7 @@ def restore_service_env(saved: dict[str, str]) -> None:
         del os.environ[k]
     os.environ.update(saved)
     reset_settings_cache()
-    dispatch.configure()  # back to this process's own broker settings
+    celery_app.configure()  # back to this process's own broker settings
 
 
 @contextmanager

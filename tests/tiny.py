@@ -1,6 +1,6 @@
 """Tiny random decoder models of every supported family, built offline for tests.
 
-Each has 8 layers and hidden size 64 (shared/DATA.md), a 512-token byte-level BPE tokenizer
+Each has 8 layers and hidden size 64 (docs/data.md, "Test-sized models"), a 512-token byte-level BPE tokenizer
 trained on bundled text, and is saved as a plain Hugging Face directory (safetensors).
 """
 

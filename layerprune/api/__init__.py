@@ -1,1 +1,1 @@
-"""The HTTP API (shared/CONTRACT.md): FastAPI app, routes, schemas, errors."""
+"""The HTTP API (docs/contract.md): FastAPI app, routes, schemas, errors."""

@@ -1,9 +1,10 @@
 """The FastAPI application: ``create_app()`` for tests and ``layerprune serve``, ``app`` for uvicorn.
 
 Start-up applies migrations (unless ``LAYERPRUNE_AUTO_MIGRATE=0``), creates the bootstrap API
-keys from ``LAYERPRUNE_API_KEYS`` and starts the housekeeping thread (outbox dispatch, lease
-reaper). When the database is down at start-up the app still starts: requests answer 503 and the
-housekeeping thread finishes the start-up work once the database is back.
+keys from ``LAYERPRUNE_API_KEYS`` and starts the queue's sweeper thread (outbox dispatch, lease
+reaper, idempotency-key purge: ``layerprune.queue.sweeper``, the same loop every worker runs).
+When the database is down at start-up the app still starts: requests answer 503 and the sweeper
+finishes the start-up work once the database is back.
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from layerprune.api.background import Housekeeper
 from layerprune.api.body_limit import BodyLimitMiddleware
 from layerprune.api.body_timeout import BodyTimeoutMiddleware
 from layerprune.api.deps import install_sessions, limit_threads
 from layerprune.api.errors import install_error_handlers
 from layerprune.api.openapi import install_openapi
-from layerprune.api.routes import artifacts, dashboard, events, files, health, jobs, retention
+from layerprune.api.routes import artifacts, dashboard, events, files, health, jobs, metrics, retention
 from layerprune.db.keys import key_secret
 from layerprune.logs import bind, configure_logging
+from layerprune.queue.sweeper import Sweeper
 from layerprune.settings import Settings, get_settings
 from layerprune.webhooks import WebhookSender
 
@@ -54,7 +55,7 @@ def _startup_work(settings: Settings) -> bool:
             with session_scope(url) as session:
                 bootstrap_keys(session, pairs)
         return True
-    except Exception as exc:  # noqa: BLE001 - retried by the housekeeping thread
+    except Exception as exc:  # noqa: BLE001 - retried by the sweeper thread
         log.warning("start-up work failed (database unavailable?): %s", type(exc).__name__)
         return False
 
@@ -70,10 +71,10 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Tru
         done = _startup_work(settings)
         keeper = None
         if start_background:
-            keeper = Housekeeper(app.state.session_factory, settings,
-                                 startup=None if done else (lambda: _startup_work(settings)))
+            keeper = Sweeper(app.state.session_factory, settings, name="layerprune-api-sweeper",
+                             startup=None if done else (lambda: _startup_work(settings)))
             keeper.start()
-        app.state.housekeeper = keeper
+        app.state.sweeper = keeper
         # Webhook deliveries (e.g. of a queued job cancelled here) are sent by their own thread.
         sender = WebhookSender(app.state.session_factory, settings=settings).start() if start_background else None
         try:
@@ -119,12 +120,7 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Tru
 
     app.add_middleware(RequestLogMiddleware)
 
-    try:
-        from layerprune import metrics
-    except ImportError:  # the metrics module is optional at this layer
-        metrics = None  # type: ignore[assignment]
-    if metrics is not None:
-        metrics.install(app, token=settings.metrics_token)
+    metrics.install(app, token=settings.metrics_token)
     return app
 
 

@@ -42,7 +42,7 @@ from layerprune.settings import Settings
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`")
 
 READ_METHODS = ("GET", "HEAD")
-BACKGROUND_CONNECTIONS = 2  # the housekeeping thread and the webhook sender, one connection each
+BACKGROUND_CONNECTIONS = 2  # the sweeper thread and the webhook sender, one connection each
 
 
 def get_settings_dep(request: Request) -> Settings:

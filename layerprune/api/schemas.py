@@ -2,7 +2,8 @@
 
 ``JobCreate`` is core's ``JobSpec`` (the model and the stages: one definition of a valid spec,
 shared by the API, the worker and the docs) plus what only the service keeps: the webhook, the
-metadata and the priority. Responses are built from rows with ``from_row``.
+metadata and the priority. Responses are built from rows with ``from_row``; the job object itself
+(``JobPublic``) lives in ``layerprune.queue.job_object``, shared with the webhooks.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from layerprune.core.errors import SpecError
 from layerprune.core.spec import JobSpec, StrictModel
-from layerprune.db.models import Artifact, File, Job, JobEvent
+from layerprune.db.models import Artifact, File, JobEvent
+from layerprune.queue.job_object import EXAMPLE_SPEC, JobPublic
 
 METADATA_MAX_KEYS = 64
 
@@ -67,9 +69,7 @@ JOB_CREATE_EXAMPLES: dict[str, dict[str, Any]] = {
     },
     "prune_only": {
         "summary": "Remove 6 layers chosen by block influence",
-        "value": {"model": "bundled:smollm2-135m-instruct",
-                  "prune": {"metric": "block_influence", "num_layers": 6,
-                            "calibration": {"num_samples": 10, "seq_len": 128}}},
+        "value": EXAMPLE_SPEC,
     },
     "evaluate_only": {
         "summary": "Evaluate a model as it is",
@@ -78,61 +78,6 @@ JOB_CREATE_EXAMPLES: dict[str, dict[str, Any]] = {
 }
 
 _TIME = "2026-01-01T12:00:00Z"
-
-
-class JobError(BaseModel):
-    code: str
-    message: str
-
-
-class JobPublic(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "id": "job_3k1f0q8z7v2m9x4c5b6n7a8s", "object": "job", "status": "queued", "stage": None,
-        "progress": 0.0, "created_at": _TIME, "updated_at": _TIME, "started_at": None, "finished_at": None,
-        "spec": JOB_CREATE_EXAMPLES["prune_only"]["value"], "result": None, "error": None, "attempts": 0,
-        "max_attempts": 3, "metadata": {}, "priority": 0, "queue": "gpu", "cancel_requested_at": None,
-    }]})
-
-    id: str
-    object: Literal["job"] = "job"
-    status: Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
-    # Nullable fields have a None default: FastAPI drops nulls from the documented examples.
-    stage: Literal["prune", "finetune", "evaluate", "export"] | None = None
-    progress: float
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    cancel_requested_at: datetime | None = None
-    spec: dict[str, Any] = Field(description="the spec as accepted, with defaults filled in")
-    result: dict[str, Any] | None = None
-    error: JobError | None = None
-    attempts: int
-    max_attempts: int
-    metadata: dict[str, Any]
-    priority: int
-    queue: Literal["gpu", "cpu"]
-
-    @classmethod
-    def from_row(cls, job: Job) -> JobPublic:
-        error = None
-        if job.error:
-            error = JobError(code=str(job.error.get("code", "error")), message=str(job.error.get("message", "")))
-        return cls(
-            id=job.id, status=job.status, stage=job.stage, progress=job.progress, created_at=job.created_at,  # type: ignore[arg-type]
-            updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at,
-            cancel_requested_at=job.cancel_requested_at, spec=_mask_secrets(job.spec), result=job.result, error=error,
-            attempts=job.attempts, max_attempts=job.max_attempts, metadata=job.metadata_ or {},
-            priority=job.priority, queue=job.queue,  # type: ignore[arg-type]
-        )
-
-
-def _mask_secrets(spec: dict[str, Any]) -> dict[str, Any]:
-    """The spec with its webhook secret replaced: a secret goes in once and is never echoed back."""
-    hook = spec.get("webhook") if isinstance(spec, dict) else None
-    if isinstance(hook, dict) and hook.get("secret"):
-        return {**spec, "webhook": {**hook, "secret": "***"}}
-    return spec
 
 
 T = TypeVar("T")

@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("file_id")
     _add_server_options(fp)
 
-    from layerprune.demo import add_demo_arguments
+    from layerprune.cli.demo import add_demo_arguments
 
     p = sub.add_parser(
         "demo",
@@ -161,7 +161,7 @@ def _run(argv: Sequence[str] | None) -> int:
 
         return local.run(args)
     if args.command == "demo":
-        from layerprune.demo import run_demo
+        from layerprune.cli.demo import run_demo
 
         return run_demo(args)
     from layerprune.cli import remote

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 # Sizes follow the one rule the model card and the dashboard use too.
+from layerprune.core.evaluate.report import mean_accuracy, sample_pairs
 from layerprune.core.units import human_bytes as human_bytes
 
 BEFORE_KEYS = ("before", "base", "baseline", "original")
@@ -244,7 +245,61 @@ def summary_table(result: Mapping[str, Any], artifacts: Sequence[Mapping[str, An
     removed = result.get("removed_layers")
     if removed:
         text += "\nremoved layers (original numbering): " + ", ".join(str(i) for i in removed)
+    return text + sample_answers(result.get("metrics"))
+
+
+def comparison_table(results: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    """Several finished jobs on one base model side by side: the base (first job's "before"), then each result.
+
+    The same figures and formatting as :func:`summary_table`; a mean-accuracy row (report.mean_accuracy)
+    and each model's answer to the jobs' sample prompts follow.
+    """
+    if not results:
+        return ""
+    base_metrics = results[0][1].get("metrics") if isinstance(results[0][1].get("metrics"), Mapping) else {}
+    columns: list[tuple[str, Mapping[str, Any]]] = [("dense", base_metrics.get("before") or {})]
+    columns += [(label, (r.get("metrics") or {}).get("after") or {}) for label, r in results]
+    rows: list[list[str]] = [
+        ["layers", *[str(c.get("num_layers", "-")) for _, c in columns]],
+        ["parameters", *[human_count(c.get("params")) for _, c in columns]],
+    ]
+    names = list(metric_pairs({"before": columns[0][1]}))
+    for name in names:
+        values = [metric_pairs({"after": c}).get(name, (None, None))[1] for _, c in columns]
+        cells = [_fmt_score(name, v) for v in values]
+        if _is_perplexity(name):
+            # How far each result is from the base, as summary_table's change column says it.
+            cells[1:] = [f"{cell} ({_change(name, values[0], v, relative=True)})" if v is not None else cell
+                         for cell, v in zip(cells[1:], values[1:], strict=True)]
+        rows.append([name, *cells])
+    means = [mean_accuracy(dict(c)) for _, c in columns]
+    if any(m is not None for m in means):
+        rows.append(["mean acc", *[_fmt_score("mean acc", m) for m in means]])
+    text = table(["", *[label for label, _ in columns]], rows, "l" + "r" * len(columns))
+    prompts = [s.get("prompt") for s in columns[0][1].get("samples") or []]
+    for prompt in prompts:
+        text += f"\n\nprompt: {prompt}"
+        width = max(len(label) for label, _ in columns)
+        for label, c in columns:
+            answer = next((s.get("text", "") for s in c.get("samples") or [] if s.get("prompt") == prompt), "-")
+            text += f"\n  {(label + ':').ljust(width + 1)} {_one_line(answer)}"
     return text
+
+
+def sample_answers(metrics: Any) -> str:
+    """The model's greedy answers to the job's fixed prompts, before and after (evaluate.samples)."""
+    out = ""
+    for prompt, before, after in sample_pairs(dict(metrics) if isinstance(metrics, Mapping) else None):
+        out += f"\n\nprompt: {prompt}"
+        if before is not None:
+            out += f"\n  before: {_one_line(before)}"
+        out += f"\n  after:  {_one_line(after)}"
+    return out
+
+
+def _one_line(text: str, width: int = 300) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 def _speed_rows(metrics: Any) -> list[list[str]]:

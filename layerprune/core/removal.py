@@ -1,4 +1,4 @@
-"""Remove decoder layers from a loaded Hugging Face causal LM, in place (shared/METHODS.md §2).
+"""Remove decoder layers from a loaded Hugging Face causal LM, in place (docs/methods.md §2).
 
 A naive ``del model.layers[i]`` leaves every later attention module with its old ``layer_idx``
 (the KV cache then writes layer 7's keys into slot 8: transformers issue 30508) and a config
@@ -10,12 +10,19 @@ same config.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
-from layerprune.core.architecture import find_decoder_parts, layer_count_key, num_layers_of, text_config
+from layerprune.core.architecture import (
+    find_decoder_parts,
+    layer_count_key,
+    meta_model,
+    num_layers_of,
+    text_config,
+)
 from layerprune.core.errors import SpecError, UnsupportedArchitectureError
 
 # Attributes that hold a module's own position in the block list (attention modules use
@@ -70,6 +77,17 @@ def cut_layer_config(config: Any, keep: Sequence[int]) -> None:
         new = [old[i] for i in keep]
         setattr(cfg, name, type(old)(new) if isinstance(old, tuple) else new)
     setattr(cfg, key, len(keep))
+
+
+def layers_key_prefix(config) -> str:  # type: ignore[no-untyped-def]
+    """State-dict key prefix of the decoder blocks, e.g. ``model.layers.`` (block i: prefix + f"{i}.").
+
+    Read off a one-layer skeleton: the path does not depend on the layer count, and one layer
+    builds in 3 ms where the bundled model's 30 take 12.
+    """
+    probe = copy.deepcopy(config)
+    cut_layer_config(probe, [0])
+    return find_decoder_parts(meta_model(probe)).layers_path + "."
 
 
 def refuse_index_dependent_math(config: Any) -> None:

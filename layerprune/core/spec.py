@@ -9,7 +9,7 @@ naming the field.
 The spec is the model and the stages only: what a service keeps beside it (webhook, metadata,
 priority, the queue) is the service's (api/schemas.py ``JobCreate``).
 
-Defaults follow Lu et al. 2024 (shared/METHODS.md): reverse-order removal of 25% of layers, then
+Defaults follow Lu et al. 2024 (docs/methods.md): reverse-order removal of 25% of layers, then
 partial healing of lm_head + final norm + the last 3 remaining layers (AdamW, lr 1e-5, 2 epochs,
 batch 64 = 4 x 16, 100 warm-up steps, cutoff 256, seed 42).
 """
@@ -153,7 +153,7 @@ def _replace_schema(schema: dict[str, Any]) -> None:
 
 
 class PruneSpec(StrictModel):
-    """Which layers to remove and how to choose them (shared/METHODS.md §1)."""
+    """Which layers to remove and how to choose them (docs/methods.md §1)."""
 
     metric: Metric = "reverse_order"
     ratio: float | None = Field(None, gt=0.0, lt=1.0)
@@ -225,7 +225,7 @@ class PruneSpec(StrictModel):
 
 
 class FinetuneSpec(StrictModel):
-    """Healing after pruning (shared/METHODS.md §3); the paper's values by default."""
+    """Healing after pruning (docs/methods.md §3); the paper's values by default."""
 
     method: FinetuneMethod = "partial"
     trainable_last_layers: int = Field(3, ge=0)
@@ -349,6 +349,15 @@ class SpeedSpec(StrictModel):
         return v
 
 
+class SamplesSpec(StrictModel):
+    """A few fixed prompts the model answers greedily, before and after (samples.py)."""
+
+    prompts: list[Annotated[str, Field(min_length=1, max_length=4000)]] = Field(..., min_length=1, max_length=8)
+    max_new_tokens: int = Field(48, ge=1, le=1024)
+    # None: the tokenizer's chat template when it has one; true/false force it on/off.
+    chat_template: bool | None = None
+
+
 class EvaluateSpec(StrictModel):
     perplexity: PerplexitySpec | None = None
     tasks: list[TaskName] = Field(default_factory=list)
@@ -364,6 +373,13 @@ class EvaluateSpec(StrictModel):
     gsm8k_train: str | None = Field(None, min_length=1, max_length=4096)
     # Prefill/decode tokens/s before and after (true: the defaults; false/absent: not measured).
     speed: SpeedSpec | None = None
+    # Greedy answers to fixed prompts, before and after (a list of strings is short for {"prompts": [...]}).
+    samples: SamplesSpec | None = None
+
+    @field_validator("samples", mode="before")
+    @classmethod
+    def _samples_shorthand(cls, v: Any) -> Any:
+        return {"prompts": v} if isinstance(v, list) else v
 
     @field_validator("speed", mode="before")
     @classmethod
@@ -381,8 +397,8 @@ class EvaluateSpec(StrictModel):
 
     @model_validator(mode="after")
     def _something(self) -> EvaluateSpec:
-        if self.perplexity is None and not self.tasks and self.speed is None:
-            raise SpecError("evaluate needs 'perplexity', 'tasks' and/or 'speed'", param="evaluate")
+        if self.perplexity is None and not self.tasks and self.speed is None and self.samples is None:
+            raise SpecError("evaluate needs 'perplexity', 'tasks', 'speed' and/or 'samples'", param="evaluate")
         if self.apply_chat_template:
             for i, task in enumerate(self.tasks):
                 if task not in GENERATIVE_TASKS:

@@ -1,4 +1,4 @@
-"""Remove layers from a model on disk without loading it (shared/METHODS.md §2, last paragraph).
+"""Remove layers from a model on disk without loading it (docs/methods.md §2, last paragraph).
 
 Selections that need no forward pass (reverse order, manual, random, magnitude) only decide which
 tensors to keep. :func:`stream_prune` reads the safetensors headers, plans output shards and
@@ -285,8 +285,13 @@ def stream_prune(src_dir: Path, out_dir: Path, removed: Sequence[int], hooks: Ho
     """
     from transformers import AutoConfig
 
-    from layerprune.core.architecture import layers_key_prefix, num_layers_of
-    from layerprune.core.removal import cut_layer_config, keep_list, refuse_index_dependent_math
+    from layerprune.core.architecture import num_layers_of
+    from layerprune.core.removal import (
+        cut_layer_config,
+        keep_list,
+        layers_key_prefix,
+        refuse_index_dependent_math,
+    )
 
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     if out_dir.resolve() == src_dir.resolve():

@@ -11,7 +11,8 @@ from layerprune.core import refs
 from layerprune.core.spec import DATASET_FIELDS, field_at
 from layerprune.db import ids
 from layerprune.db.jobs import Page
-from layerprune.db.models import LIVE_STATUSES, File, Job
+from layerprune.db.models import File, Job
+from layerprune.queue.status import LIVE_STATUSES
 
 
 def file_refs(spec: dict[str, Any]) -> dict[str, str]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from layerprune.db.models import IdempotencyKey, utcnow
@@ -50,8 +50,3 @@ def remember(session: Session, tenant: str, key: str, digest: str, object_type: 
 def purge_expired(session: Session, ttl_hours: int) -> int:
     res = session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < utcnow() - timedelta(hours=ttl_hours)))
     return res.rowcount or 0
-
-
-def existing_object_id(session: Session, tenant: str, key: str) -> str | None:
-    return session.scalar(select(IdempotencyKey.object_id).where(IdempotencyKey.tenant == tenant,
-                                                                   IdempotencyKey.key == key))

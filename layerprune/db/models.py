@@ -1,13 +1,9 @@
 """The service's tables (SQLAlchemy 2, ``Mapped[...]``); the same schema on Postgres and SQLite.
 
-The database is the source of truth of every job. ``jobs.status`` is a small state machine:
-
-- ``queued``      accepted and committed; waiting for a worker to claim it
-- ``running``     claimed by exactly one worker, whose lease (``lease_expires_at``) it extends
-- ``cancelling``  a cancel was requested while running; the worker stops at its next check
-- ``succeeded`` | ``failed`` | ``cancelled``  terminal: never change again
-
-Every transition writes a ``job_events`` row in the same transaction (``layerprune.db.events``).
+The database is the source of truth of every job. ``jobs.status`` is a small state machine whose
+statuses and allowed moves are defined in ``layerprune.queue.status`` (a dependency-free table
+every layer reads) and made by ``layerprune.queue.transitions``, each with a ``job_events`` row
+in the same transaction.
 ``seq`` columns give a strict insertion order for newest-first pagination and event cursors: an
 identity column on Postgres, ``MAX(seq)+1`` inside the INSERT on SQLite (whose writers are
 serialised, so the value is unique).
@@ -39,10 +35,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 from layerprune.db.ids import ARTIFACT, EVENT, FILE, JOB, KEY, WEBHOOK_DELIVERY, new_id
+from layerprune.queue.status import TERMINAL_STATUSES, JobStatus
 
-JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
-LIVE_STATUSES = ("queued", "running", "cancelling")
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 STAGES = ("prune", "finetune", "evaluate", "export")
 EVENT_TYPES = ("created", "dispatched", "stage", "progress", "warning", "log", "state", "artifact",
                "webhook", "retry", "cancel_requested")
@@ -105,7 +99,7 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id(JOB))
     seq: Mapped[int] = mapped_column(BigInteger, Identity())
     tenant: Mapped[str] = mapped_column(String(128), index=True)
-    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value, index=True)
     stage: Mapped[str | None] = mapped_column(String(16))
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     spec: Mapped[dict[str, Any]] = mapped_column()

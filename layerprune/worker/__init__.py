@@ -1,7 +1,8 @@
 """The worker process: a Celery worker that runs one job at a time, plus the sweeper thread.
 
 ``main(argv)`` is what ``layerprune worker`` calls. It brings the database to the newest schema
-if needed, starts the sweeper (outbox dispatch and reaper) and then a Celery worker consuming
+if needed, starts the queue's sweeper (``layerprune.queue.sweeper``: outbox dispatch, reaper,
+idempotency-key purge, the same loop the API runs) and then a Celery worker consuming
 ``settings.queues`` with one prefork child, recycled after every job (a fresh process per job:
 no memory or CUDA state leaks from one job into the next). Extra ``argv`` items are passed to
 Celery's ``worker`` command (``--loglevel``, ``-n``…).
@@ -62,10 +63,10 @@ def _wait_for_schema(is_at_head, upgrade_to_head) -> None:  # noqa: ANN001 - db.
 
 def main(argv: Sequence[str] | None = None) -> None:
     from layerprune.db.migrate import is_at_head, upgrade_to_head
-    from layerprune.dispatch import configure
+    from layerprune.queue.celery_app import broker_ok, configure
+    from layerprune.queue.sweeper import start_sweeper, sweep_once
     from layerprune.settings import get_settings
     from layerprune.worker.app import app
-    from layerprune.worker.sweeper import start_sweeper
 
     settings = get_settings()
     logging.basicConfig(level=settings.log_level.upper(),
@@ -74,13 +75,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     configure(settings)
     from layerprune.db.session import session_factory
-    from layerprune.dispatch import broker_ok
     from layerprune.webhooks import WebhookSender
-    from layerprune.worker.sweeper import sweep_once
 
     # The pool forks a child per job while the sweeper and webhook threads run. Do their first sweep
-    # here, before any thread exists, so the modules they import lazily (the queue code, the
-    # broker's transport) are imported by now: a fork that lands mid-import in another thread
+    # here, before any thread exists, so the modules they import lazily (the broker's transport,
+    # the database driver's dialect) are imported by now: a fork that lands mid-import in another thread
     # leaves that module's import lock held for ever in the child.
     try:
         sweep_once(session_factory())

@@ -1,6 +1,6 @@
 """The lease keeper of a running job: a thread that proves the worker is alive.
 
-Every ``interval`` seconds it extends the job's lease (``db.queue.heartbeat``). Between beats it
+Every ``interval`` seconds it extends the job's lease (``queue.transitions.heartbeat``). Between beats it
 polls the job's status more often (``poll`` seconds, a cheap SELECT) so that a cancel request is
 seen within seconds, not one heartbeat later. Once the job is cancelling or no longer this
 worker's, it sets ``stop`` — the flag core's ``hooks.should_stop`` reads. A database that is
@@ -20,7 +20,8 @@ from typing import Any
 from sqlalchemy import select
 
 from layerprune.db.models import Job
-from layerprune.db.queue import heartbeat
+from layerprune.queue.status import TERMINAL_STATUSES, JobStatus
+from layerprune.queue.transitions import heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class Heartbeat(threading.Thread):
                         self._stop_for(self._status())
                 else:
                     status = self._status()
-                    if status != "running":
+                    if status != JobStatus.RUNNING:
                         self._stop_for(status)
             except Exception as exc:  # noqa: BLE001 - the database may be restarting; retry next tick
                 log.warning("heartbeat of %s failed: %s", self.job_id, exc)
@@ -67,10 +68,10 @@ class Heartbeat(threading.Thread):
     def _stop_for(self, status: str | None) -> None:
         if self.stop.is_set():
             return
-        if status in ("succeeded", "failed", "cancelled"):
+        if status in TERMINAL_STATUSES:
             self.reason = status  # this worker just ended it: nothing to stop
         else:
-            self.reason = "cancelling" if status == "cancelling" else "lost"
+            self.reason = "cancelling" if status == JobStatus.CANCELLING else "lost"
             log.info("job %s: stopping (%s)", self.job_id, self.reason)
         self.stop.set()
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from layerprune.core.hooks import Hooks
-from layerprune.db.queue import add_job_event, set_progress, set_stage
+from layerprune.queue.transitions import add_job_event, set_progress, set_stage
 
 log = logging.getLogger(__name__)
 

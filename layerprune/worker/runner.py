@@ -1,6 +1,6 @@
 """One attempt at one job: claim → heartbeat → pipeline → publish → exactly one terminal state.
 
-- claim: an atomic UPDATE (``db.queue.claim_job``); a message for a job that another worker
+- claim: an atomic UPDATE (``queue.transitions.claim_job``); a message for a job that another worker
   holds, or that already ended, is dropped here — that is what makes duplicate messages harmless;
 - heartbeat: a thread extends the lease and turns a cancel request into the stop flag that core
   checks between units of work;
@@ -30,14 +30,15 @@ from typing import Any
 
 from sqlalchemy import select
 
+from layerprune.artifact_store import get_store
 from layerprune.core import refs
 from layerprune.core.errors import Cancelled, DatasetError, LayerPruneError, ModelSourceError
 from layerprune.core.pipeline import run_pipeline, stages_of
 from layerprune.core.spec import JobSpec
 from layerprune.db.models import File, Job
-from layerprune.db.queue import cancel_finish, claim_job, fail_job, finish_job
+from layerprune.queue.transitions import cancel_finish, claim_job, fail_job, finish_job
 from layerprune.settings import Settings, get_settings
-from layerprune.storage import ArtifactStore, StoredFile, get_store
+from layerprune.storage import ArtifactStore, StoredFile
 from layerprune.storage_s3 import DiskFullError, storage_failure
 from layerprune.worker.heartbeat import Heartbeat
 from layerprune.worker.hooks import JobReporter

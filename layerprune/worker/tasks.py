@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from layerprune.dispatch import TASK_NAME, celery_app
+from layerprune.queue.celery_app import TASK_NAME, celery_app
 
 DB_RETRY_SECONDS = 5
 DB_RETRY_MAX = 120  # ten minutes of database outage before the message is given up (the outbox resends)

@@ -23,7 +23,7 @@ def set_status(db_url: str, job_id: str, status: str, **values: Any) -> None:
 
 def publish(db_url: str, settings: Any, tenant: str, job_id: str, files: dict[str, bytes], tmp: Path) -> None:
     """Mark a job succeeded with ``files`` as its artifacts, stored through the real LocalStore."""
-    from layerprune.storage import get_store
+    from layerprune.artifact_store import get_store
 
     src = tmp / f"out-{job_id}"
     for rel, data in files.items():

@@ -35,7 +35,7 @@ def test_readyz_names_migrations_behind(service_settings, tmp_path):
 
 
 def test_broker_down_job_still_accepted_then_dispatched_by_the_outbox(client, new_tenant, app):
-    from layerprune.dispatch import dispatch_pending
+    from layerprune.queue.outbox import dispatch_pending
 
     _, h = new_tenant
     with service_env(broker_url="redis://127.0.0.1:1/0"):
@@ -141,7 +141,7 @@ def test_event_stream_survives_a_database_outage(service_settings, pg_url):
     from fastapi.testclient import TestClient
 
     from layerprune.api.app import create_app
-    from tests.api.test_events import _add_events, _parse_sse
+    from tests.api.routes.test_events import _add_events, _parse_sse
 
     proxy = TcpProxy(("127.0.0.1", 5432)).start()
     db = pg_url.rsplit("/", 1)[1]

@@ -10,8 +10,10 @@ import pytest
 
 from layerprune.api.schemas import JobCreate
 from layerprune.cli import main
+from layerprune.cli.demo import demo_spec
 from layerprune.cli.progress import ProgressView
 from layerprune.cli.render import (
+    comparison_table,
     human_bytes,
     human_count,
     human_duration,
@@ -20,7 +22,6 @@ from layerprune.cli.render import (
     summary_table,
 )
 from layerprune.client import Event, Job, _parse_sse
-from layerprune.demo import demo_spec
 
 DATA = Path(__file__).parent / "data"
 
@@ -183,24 +184,27 @@ def test_sse_parser() -> None:
     assert events[0].message == "stage prune"
 
 
-def test_demo_spec_is_the_papers_recipe_and_valid() -> None:
-    spec = demo_spec()
-    parsed = JobCreate.model_validate(spec)  # a request body: the spec and the service fields
-    assert parsed.model == "bundled:smollm2-135m-instruct"
-    assert parsed.prune is not None and parsed.prune.metric == "reverse_order" and parsed.prune.ratio == 0.25
-    assert parsed.finetune is not None and parsed.finetune.method == "partial"
-    assert parsed.finetune.trainable_last_layers == 3 and parsed.finetune.dataset == "bundled:instructions"
-    assert (
-        parsed.finetune.format == "alpaca"
-        and parsed.finetune.max_steps
-        and parsed.finetune.max_seq_len == 256
-    )
-    assert parsed.evaluate is not None and parsed.evaluate.limit and parsed.evaluate.compare_base
-    assert {"arc_easy", "piqa", "hellaswag"} <= set(parsed.evaluate.tasks)
-    assert (
-        parsed.evaluate.perplexity is not None
-        and parsed.evaluate.perplexity.dataset == "bundled:wikipedia-eval"
-    )
+def test_demo_specs_are_the_recommended_and_the_papers_recipe_and_valid() -> None:
+    # Request bodies: the spec and the service fields (metadata).
+    rec = JobCreate.model_validate(demo_spec("recommended"))
+    paper = JobCreate.model_validate(demo_spec("paper"))
+    for parsed in (rec, paper):
+        assert parsed.model == "bundled:smollm2-135m-instruct"
+        assert parsed.prune is not None and parsed.prune.num_layers == 7
+        assert parsed.finetune is not None and parsed.finetune.method == "partial"
+        assert parsed.finetune.trainable_last_layers == 3 and parsed.finetune.max_seq_len == 256
+        assert parsed.evaluate is not None and parsed.evaluate.limit and parsed.evaluate.compare_base
+        assert {"arc_easy", "piqa", "hellaswag"} <= set(parsed.evaluate.tasks)
+        assert parsed.evaluate.perplexity is not None and parsed.evaluate.perplexity.dataset == "bundled:wikipedia-eval"
+        assert parsed.evaluate.samples is not None and parsed.evaluate.samples.prompts == ["What is the capital of France?"]
+    # The same healing budget for both: the comparison is of recipes, not of budgets.
+    assert (rec.finetune.max_steps, rec.finetune.batch_size) == (paper.finetune.max_steps, paper.finetune.batch_size)
+    assert rec.prune.metric == "angular" and rec.prune.replace.method == "linear"
+    assert rec.finetune.objective == "distill" and rec.finetune.format == "text"
+    assert paper.prune.metric == "reverse_order" and paper.finetune.objective == "lm"
+    assert paper.finetune.dataset == "bundled:instructions" and paper.finetune.format == "alpaca"
+    with pytest.raises(ValueError):
+        demo_spec("nosuch")
 
 
 def test_demo_help_and_print_spec(capsys: pytest.CaptureFixture[str]) -> None:
@@ -208,10 +212,34 @@ def test_demo_help_and_print_spec(capsys: pytest.CaptureFixture[str]) -> None:
         main(["demo", "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert "--data-dir" in out and "--max-steps" in out and "embedded default" in out
-    assert main(["demo", "--print-spec", "--max-steps", "5", "--tasks", "piqa"]) == 0
+    assert "--data-dir" in out and "--max-steps" in out and "embedded default" in out and "--recipes" in out
+    assert main(["demo", "--print-spec", "--max-steps", "5", "--tasks", "piqa", "--recipes", "paper"]) == 0
     spec = json.loads(capsys.readouterr().out)
     assert spec["finetune"]["max_steps"] == 5 and spec["evaluate"]["tasks"] == ["piqa"]
+    assert main(["demo", "--print-spec"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"recommended", "paper"}
+    assert main(["demo", "--print-spec", "--recipes", "best"]) == 2
+
+
+def test_comparison_table_puts_the_base_and_each_result_side_by_side() -> None:
+    rec = recorded()["result"]
+    prompt = "What is the capital of France?"
+    rec["metrics"]["before"]["samples"] = [{"prompt": prompt, "text": "The capital of France is Paris."}]
+    rec["metrics"]["after"]["samples"] = [{"prompt": prompt, "text": "Paris."}]
+    other = json.loads(json.dumps(rec))
+    other["metrics"]["after"]["perplexity"]["value"] = 2 * rec["metrics"]["before"]["perplexity"]["value"]
+    text = comparison_table([("recommended", rec), ("paper", other)])
+    lines = text.splitlines()
+    assert lines[0].split() == ["dense", "recommended", "paper"]
+    rows = {ln.split("  ")[0].strip(): ln for ln in lines[2:]}
+    assert rows["layers"].split()[1:] == ["30", "23", "23"]
+    assert rows["parameters"].split()[1:] == [human_count(134515008), human_count(rec["metrics"]["after"]["params"]),
+                                              human_count(rec["metrics"]["after"]["params"])]
+    assert rows["perplexity"].endswith("(+100.0%)")
+    accs = [rec["metrics"]["before"]["tasks"][t]["acc"] for t in ("arc_easy", "piqa", "hellaswag")]
+    assert rows["mean acc"].split()[2] == f"{sum(accs) / 3:.3f}"
+    assert f"prompt: {prompt}" in text and "  dense:       The capital of France is Paris." in text
+    assert "  paper:       Paris." in text
 
 
 def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:

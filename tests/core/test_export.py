@@ -8,35 +8,8 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from layerprune.core.export import dir_manifest, library_versions, save_model_dir, write_model_card_and_record
-from layerprune.core.removal import remove_layers
-from tests.tiny import tiny_model, tiny_tokenizer
-
-
-def test_save_model_dir_writes_a_complete_safetensors_directory(tmp_path: Path) -> None:
-    model = tiny_model("llama", dtype=torch.bfloat16)
-    remove_layers(model, [0, 1])
-    save_model_dir(model, tiny_tokenizer(), tmp_path)
-    names = {p.name for p in tmp_path.iterdir()}
-    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
-            "tokenizer_config.json"} <= names
-    assert not any(n.endswith((".bin", ".pt")) for n in names)
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype="auto")
-    assert reloaded.dtype == torch.bfloat16 and reloaded.config.num_hidden_layers == 6
-    assert AutoTokenizer.from_pretrained(tmp_path).chat_template == tiny_tokenizer().chat_template
-
-
-def test_save_model_dir_shards_above_the_size(tmp_path: Path) -> None:
-    model = tiny_model("llama")
-    save_model_dir(model, None, tmp_path / "big")
-    save_model_dir(model, None, tmp_path / "big", max_shard_size=100_000)  # re-save leaves no stale shard
-    files = sorted(p.name for p in (tmp_path / "big").glob("*.safetensors"))
-    assert len(files) > 1 and "model.safetensors" not in files
-    index = json.loads((tmp_path / "big" / "model.safetensors.index.json").read_text())
-    assert set(index["weight_map"].values()) == set(files)
-    AutoModelForCausalLM.from_pretrained(tmp_path / "big")
+from layerprune.core.export import dir_manifest, library_versions, write_model_card_and_record
 
 
 def test_dir_manifest(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""In-memory layer removal: METHODS.md §5 invariants 1–3 on every tiny family and the real model."""
+"""In-memory layer removal: docs/methods.md §5, invariants 1–3 on every tiny family and the real model."""
 
 from __future__ import annotations
 

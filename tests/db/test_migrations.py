@@ -71,10 +71,10 @@ def test_schema_works_after_migration(empty_db):
     from datetime import UTC, datetime
 
     from layerprune.db.events import add_event
-    from layerprune.db.jobs import create_job
     from layerprune.db.migrate import upgrade_to_head
     from layerprune.db.models import Job
     from layerprune.db.session import dispose_engines, session_scope
+    from layerprune.queue.transitions import create_job
 
     upgrade_to_head(empty_db)
     try:

@@ -10,7 +10,7 @@ from layerprune.db.session import session_scope
 
 
 def _job(url, tenant="t"):
-    from layerprune.db.jobs import create_job
+    from layerprune.queue.transitions import create_job
 
     with session_scope(url) as s:
         return create_job(s, tenant, {"prune": {"ratio": 0.25}}, queue="cpu", max_attempts=3).id
@@ -19,8 +19,9 @@ def _job(url, tenant="t"):
 def test_cancel_transitions_are_guarded(db):
     from sqlalchemy import select
 
-    from layerprune.db.jobs import JobStateConflict, get_job, request_cancel
+    from layerprune.db.jobs import get_job
     from layerprune.db.models import Job, JobEvent
+    from layerprune.queue.transitions import JobStateConflict, request_cancel
 
     queued, running = _job(db), _job(db)
     with session_scope(db) as s:
@@ -40,8 +41,9 @@ def test_cancel_transitions_are_guarded(db):
 def test_concurrent_cancels_write_one_transition(db):
     from sqlalchemy import func, select
 
-    from layerprune.db.jobs import JobStateConflict, get_job, request_cancel
+    from layerprune.db.jobs import get_job
     from layerprune.db.models import JobEvent
+    from layerprune.queue.transitions import JobStateConflict, request_cancel
 
     job_id = _job(db)
     outcomes: list[str] = []

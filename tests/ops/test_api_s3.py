@@ -16,7 +16,7 @@ DATA = bytes(range(256)) * 64  # 16 KiB
 def test_artifacts_on_s3_download_range_and_retention(service_settings, migrated_db, new_tenant, s3_endpoint,
                                                        aws_env, tmp_path):
     from layerprune.api.app import create_app
-    from layerprune.storage import get_store
+    from layerprune.artifact_store import get_store
     from layerprune.storage_s3 import S3Store
 
     bucket = "lp-api-" + hashlib.sha1(str(tmp_path).encode()).hexdigest()[:10]

@@ -137,8 +137,8 @@ def browser(tmp_path):
 
 
 def test_dashboard_watches_a_job_to_done(live_server, browser, tmp_path):
-    from layerprune.db.queue import claim_job, finish_job, set_progress, set_stage
     from layerprune.db.session import dispose_engines, session_factory
+    from layerprune.queue.transitions import claim_job, finish_job, set_progress, set_stage
     from layerprune.storage import LocalStore
 
     base, env = live_server

@@ -33,7 +33,7 @@ def s3_service(tmp_path, s3_endpoint, aws_env, receiver):
         "LAYERPRUNE_WEBHOOK_BACKOFF_BASE_SECONDS": "0.3", "LAYERPRUNE_WORKER_QUEUES": "cpu"})
     svc.apply_env()
     upgrade_to_head(svc.database_url)
-    from layerprune.storage import get_store
+    from layerprune.artifact_store import get_store
 
     store = get_store()
     store.client.create_bucket(Bucket=bucket)

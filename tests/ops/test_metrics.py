@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from layerprune import metrics
+from layerprune.api.routes.metrics import install
 
 
 def _app(sessions) -> FastAPI:
@@ -19,7 +20,7 @@ def _app(sessions) -> FastAPI:
     def get_job(job_id: str):
         return {"id": job_id}
 
-    metrics.install(app)
+    install(app)
     return app
 
 
@@ -101,7 +102,7 @@ def test_metrics_text(sessions):
 def test_metrics_token_guards_the_endpoint(sessions):
     app = FastAPI()
     app.state.session_factory = sessions
-    metrics.install(app, token="scrape-secret")
+    install(app, token="scrape-secret")
     client = TestClient(app)
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic scrape-secret"}):
         res = client.get("/metrics", headers=headers)

@@ -9,8 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from layerprune.artifact_store import get_store
 from layerprune.settings import Settings
-from layerprune.storage import copy_hashed, get_store
+from layerprune.storage import copy_hashed
 from layerprune.storage_s3 import DiskFullError, S3Store, StorageError, parse_s3_url, storage_failure
 
 

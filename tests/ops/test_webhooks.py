@@ -11,6 +11,7 @@ import time
 import pytest
 from sqlalchemy import select
 
+from layerprune.queue.transitions import enqueue_delivery
 from layerprune.settings import Settings
 from layerprune.webhooks import (
     WebhookSender,
@@ -19,7 +20,6 @@ from layerprune.webhooks import (
     build_headers,
     check_target,
     deliver_due,
-    enqueue_delivery,
     sign,
     signing_key,
     validate_webhook_url,
@@ -285,7 +285,7 @@ def test_sender_thread_delivers_and_claims_once(sessions, receiver, tmp_path):
 def test_terminal_transitions_create_delivery_rows(sessions):
     """The queue's finish/fail/cancel write the delivery row in their own transaction."""
     from layerprune.db.models import Job, WebhookDelivery
-    from layerprune.db.queue import cancel_finish, claim_job, fail_job, finish_job
+    from layerprune.queue.transitions import cancel_finish, claim_job, fail_job, finish_job
 
     ids = []
     with sessions() as s:

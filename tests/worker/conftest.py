@@ -43,7 +43,7 @@ def sessions(db_url):
 
 
 def new_job(sessions, spec=None, *, tenant="t1", queue="cpu", max_attempts=2) -> str:
-    from layerprune.db.jobs import create_job
+    from layerprune.queue.transitions import create_job
 
     with sessions() as s:
         job = create_job(s, tenant, spec or {"model": "x", "prune": {"metric": "reverse_order", "ratio": 0.25}},

@@ -1,7 +1,7 @@
 """A small test harness around real service processes: one database, one broker, N workers, an API.
 
 The test process itself plays the API's part where the API is not under test: it commits jobs
-with ``db.jobs.create_job`` and sends them with ``dispatch.send_job`` exactly as the API does.
+with ``queue.transitions.create_job`` and sends them with ``queue.celery_app.send_job`` exactly as the API does.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class Service:
 
     def apply_env(self) -> None:
         """Point this (test) process's settings and Celery app at the service."""
-        from layerprune import dispatch
+        from layerprune.queue import celery_app
         from layerprune.settings import reset_settings_cache
 
         for k in [k for k in os.environ if k.startswith("LAYERPRUNE_")]:
@@ -61,7 +61,7 @@ class Service:
             if k.startswith("LAYERPRUNE_"):
                 os.environ[k] = v
         reset_settings_cache()
-        dispatch.configure()
+        celery_app.configure()
 
     @property
     def sessions(self):  # noqa: ANN201
@@ -120,8 +120,8 @@ class Service:
     def submit(self, spec: dict[str, Any], *, tenant: str = "tenant-a", queue: str = "cpu",
                max_attempts: int = 3, send: bool = True) -> str:
         """Commit a job and send it, as POST /v1/jobs does (a failed send leaves it to the outbox)."""
-        from layerprune.db.jobs import create_job, mark_dispatched_now
-        from layerprune.dispatch import send_job
+        from layerprune.queue.celery_app import send_job
+        from layerprune.queue.transitions import create_job, mark_dispatched
 
         with self.sessions() as s:
             job = create_job(s, tenant, spec, queue=queue, max_attempts=max_attempts)
@@ -133,8 +133,7 @@ class Service:
             except Exception:  # noqa: BLE001 - broker down: the outbox sends it later
                 return job_id
             with self.sessions() as s:
-                mark_dispatched_now(s, job_id)
-                s.commit()
+                mark_dispatched(s, job_id, only_if_unsent=True)
         return job_id
 
     def job(self, job_id: str) -> Any:

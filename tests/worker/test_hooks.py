@@ -7,7 +7,7 @@ import threading
 from sqlalchemy import select
 
 from layerprune.db.models import Job, JobEvent
-from layerprune.db.queue import claim_job
+from layerprune.queue.transitions import claim_job
 from layerprune.worker.hooks import JobReporter
 from tests.worker.conftest import new_job
 

@@ -75,7 +75,7 @@ def test_two_workers_never_run_one_job_twice(pg_redis_service):
     svc = pg_redis_service
     svc.start_worker()
     svc.start_worker()
-    from layerprune.dispatch import send_job
+    from layerprune.queue.celery_app import send_job
 
     jobs = [svc.submit(svc.spec(prune=PRUNE)) for _ in range(4)]
     for job_id in jobs:  # every message delivered three times in all
@@ -136,8 +136,8 @@ def test_broker_down_when_job_committed(pg_redis_service, private_redis):
 
 
 def test_cancel_while_queued_and_while_running(pg_redis_service):
-    from layerprune.db.jobs import request_cancel
     from layerprune.db.models import Job
+    from layerprune.queue.transitions import request_cancel
 
     svc = pg_redis_service
     svc.start_worker()

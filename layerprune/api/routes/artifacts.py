@@ -19,9 +19,9 @@ from sqlalchemy import select
 from layerprune.api.deps import SessionDep, SettingsDep, TenantDep
 from layerprune.api.errors import ApiError, not_found
 from layerprune.api.schemas import ArtifactPublic, error_responses
+from layerprune.artifact_store import get_store
 from layerprune.db.jobs import get_job
 from layerprune.db.models import Artifact
-from layerprune.storage import get_store
 
 router = APIRouter(prefix="/v1/jobs", tags=["artifacts"])
 
@@ -45,7 +45,8 @@ def list_artifacts(job_id: str, session: SessionDep, tenant: TenantDep, settings
     # another name, would choose where the links point): LAYERPRUNE_PUBLIC_URL, else root-relative.
     base = settings.public_url
     items = [ArtifactPublic.from_row(a, f"{base}/v1/jobs/{quote(job_id)}/artifacts/{quote(a.path)}") for a in rows]
-    # CONTRACT.md: a bare array of every file (a job's output is small and never paginated).
+    # docs/contract.md (Jobs, the artifact listing): a bare array of every file (a job's output
+    # is small and never paginated).
     return items
 
 

@@ -37,6 +37,7 @@ from sqlalchemy import select
 from layerprune.api.deps import SessionDep, SettingsDep, TenantDep
 from layerprune.api.errors import ApiError, not_found
 from layerprune.api.schemas import error_responses
+from layerprune.artifact_store import get_store
 from layerprune.db import ids
 from layerprune.db.keys import hash_key, key_secret
 from layerprune.db.models import ApiKey, Artifact, Job
@@ -171,8 +172,6 @@ def create_download_link(body: DownloadLinkCreate, session: SessionDep, tenant: 
 @router.get("/dashboard/download/{token}", summary="Download one artifact with a signed link",
             responses={200: {"content": {"application/octet-stream": {}}}, **error_responses(404)})
 def download_with_token(token: str, session: SessionDep, settings: SettingsDep) -> Response:
-    from layerprune.storage import get_store
-
     found = read_token(session, token)
     if found is None:
         raise ApiError(404, "not_found", "this download link is invalid or has expired; ask for a new one")

@@ -18,7 +18,8 @@ from layerprune.api.pagination import AfterQuery, bad_cursor, envelope
 from layerprune.api.schemas import EventPublic, EventsPublic, error_responses
 from layerprune.db.events import event_seq, list_events
 from layerprune.db.jobs import get_job
-from layerprune.db.models import TERMINAL_STATUSES, Job
+from layerprune.db.models import Job
+from layerprune.queue.status import TERMINAL_STATUSES
 
 router = APIRouter(prefix="/v1/jobs", tags=["events"])
 

@@ -10,6 +10,7 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from layerprune.api.schemas import error_responses
+from layerprune.queue.celery_app import broker_ok
 
 router = APIRouter(tags=["operations"])
 
@@ -39,8 +40,6 @@ def _checks(request: Request) -> dict[str, Any]:
     else:
         checks["migrations"] = "unknown: database down"
     try:
-        from layerprune.dispatch import broker_ok
-
         checks["broker"] = "ok" if broker_ok() else "down"
     except Exception as exc:  # noqa: BLE001
         checks["broker"] = f"down: {type(exc).__name__}"

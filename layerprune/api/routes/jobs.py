@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from sqlalchemy.exc import IntegrityError
@@ -16,16 +16,11 @@ from layerprune.api.routing import queue_for
 from layerprune.api.schemas import JOB_CREATE_EXAMPLES, JobCreate, JobPublic, JobsPublic, error_responses
 from layerprune.api.validation import metadata_problem, validate_job_spec
 from layerprune.db import idempotency
-from layerprune.db.jobs import (
-    JobStateConflict,
-    create_job,
-    get_job,
-    job_seq,
-    list_jobs,
-    mark_dispatched_now,
-    request_cancel,
-)
+from layerprune.db.jobs import get_job, job_seq, list_jobs
 from layerprune.logs import bind
+from layerprune.queue.celery_app import send_job
+from layerprune.queue.status import StatusLiteral
+from layerprune.queue.transitions import JobStateConflict, create_job, mark_dispatched, request_cancel
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -35,7 +30,6 @@ IdempotencyKeyHeader = Annotated[
     Header(alias="Idempotency-Key", max_length=255,
            description="Same key + same body within 24 h returns the same job (200); another body is 409"),
 ]
-JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 _METADATA_PARAM = re.compile(r"^metadata\[(.*)\]$", re.DOTALL)
 
 
@@ -101,15 +95,12 @@ def create_job_route(
 def _dispatch(session: Any, job_id: str, queue: str, priority: int) -> None:
     """Send the job's id to the broker; if that fails the job stays in the outbox (201 anyway)."""
     try:
-        from layerprune.dispatch import send_job
-
         send_job(job_id, queue, priority)
     except Exception as exc:  # noqa: BLE001 - broker down: the housekeeping sweep sends it later
         log.warning("broker unavailable; job left for the outbox sweep: %s", type(exc).__name__)
         return
     try:
-        mark_dispatched_now(session, job_id)
-        session.commit()
+        mark_dispatched(session, job_id, only_if_unsent=True)
     except Exception:  # noqa: BLE001 - harmless: the sweep sends it again, the claim is atomic
         session.rollback()
         log.warning("could not record the dispatch", exc_info=True)
@@ -127,7 +118,7 @@ def list_jobs_route(
     tenant: TenantDep,
     limit: LimitQuery = 20,
     after: AfterQuery = None,
-    status: Annotated[JobStatus | None, Query(description="only jobs in this status")] = None,
+    status: Annotated[StatusLiteral | None, Query(description="only jobs in this status")] = None,
 ) -> dict[str, Any]:
     metadata: dict[str, str] = {}
     for name, value in request.query_params.multi_items():
@@ -164,9 +155,7 @@ def cancel_job_route(job_id: str, session: SessionDep, tenant: TenantDep) -> Job
     if job is None:
         raise not_found("job")
     try:
-        job = request_cancel(session, job)
-        if job.status == "cancelled":
-            _enqueue_webhook(session, job.id, "cancelled")
+        job = request_cancel(session, job)  # a cancelled job's webhook delivery is added with it
         session.commit()
     except JobStateConflict as exc:
         session.rollback()
@@ -175,9 +164,3 @@ def cancel_job_route(job_id: str, session: SessionDep, tenant: TenantDep) -> Job
         log.info("cancel requested", extra={"status": job.status})
     return JobPublic.from_row(job)
 
-
-def _enqueue_webhook(session: Any, job_id: str, status: str) -> None:
-    # The terminal transition and its webhook delivery row commit together.
-    from layerprune.webhooks import enqueue_delivery
-
-    enqueue_delivery(session, job_id, status)

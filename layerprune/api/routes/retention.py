@@ -18,9 +18,11 @@ from sqlalchemy import delete, func, select
 from layerprune.api.deps import SessionDep, SettingsDep, TenantDep
 from layerprune.api.errors import ApiError, not_found
 from layerprune.api.schemas import JobPublic, error_responses
+from layerprune.artifact_store import get_store
 from layerprune.db.events import add_event
 from layerprune.db.jobs import get_job
-from layerprune.db.models import LIVE_STATUSES, Artifact
+from layerprune.db.models import Artifact
+from layerprune.queue.status import LIVE_STATUSES
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -30,8 +32,6 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
                            "cancelled job; the job record and its events remain. A live job answers 409.",
                responses=error_responses(401, 404, 409, 503))
 def delete_job_artifacts(job_id: str, session: SessionDep, tenant: TenantDep, settings: SettingsDep) -> JobPublic:
-    from layerprune.storage import get_store
-
     job = get_job(session, tenant, job_id)
     if job is None:
         raise not_found("job")

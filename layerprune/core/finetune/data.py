@@ -11,7 +11,7 @@ Formats (``FinetuneSpec.format``):
 * ``text``: ``text``; the loss covers every token (optionally packed into full windows).
 
 Every instruction example is ``prompt + response + EOS``; labels are -100 over the prompt so the
-loss is on the response only (shared/METHODS.md §5.7), then everything is cut at ``max_seq_len``.
+loss is on the response only (docs/methods.md §5, invariant 7), then everything is cut at ``max_seq_len``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Which parameters each healing method trains (shared/METHODS.md §3).
+"""Which parameters each healing method trains (docs/methods.md §3).
 
 * ``partial`` (the paper's default): lm_head + final norm + the last ``k`` remaining layers; all
   else frozen. With tied input/output embeddings (SmolLM2, Gemma) training lm_head would also

@@ -1,4 +1,4 @@
-"""Layer-scoring metrics and layer choice (shared/METHODS.md §1): the public API.
+"""Layer-scoring metrics and layer choice (docs/methods.md §1): the public API.
 
 Importing this package is torch-free (the API validates specs and describes metrics without
 torch): each metric's implementation is named as ``"module:function"`` and imported on first use.
@@ -28,48 +28,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "METRIC_REGISTRY",
-    "METRIC_SEMANTICS",
     "MetricInfo",
     "calibration_batches",
     "choose_layers",
     "magnitude_scores_from_files",
     "metric_info",
-    "metric_label",
     "needs_calibration",
     "needs_model",
     "score_layers",
 ]
 
 SEMANTICS = ("paper", "reference_code")
-
-_SAME = {
-    "reverse_order": "no score: the last k layers",
-    "random": "no score: k distinct layers drawn with the seed",
-    "manual": "no score: the layers given",
-    "magnitude_l1": "Σ|w| over the layer's weights and norms (biases excluded)",
-    "taylor": (
-        "Σ|w·∂L/∂w| over the layer's weights and norms, L = mean next-token CE over the whole calibration set "
-        "(signed w·∂L/∂w summed over batches, |·| taken once: independent of batch_size)"
-    ),
-    "ppl": "calibration perplexity with only this layer removed (shared-prefix evaluation)",
-    "angular": "Gromov: arccos(cos(x_ℓ[last], x_ℓ+n[last]))/π averaged over samples, one score per block start",
-}
-METRIC_SEMANTICS: dict[str, str] = {}
-"""Label per ``"metric/semantics"``: what the score means, recorded with every pruning."""
-for _metric, _text in _SAME.items():
-    for _sem in SEMANTICS:
-        METRIC_SEMANTICS[f"{_metric}/{_sem}"] = _text
-METRIC_SEMANTICS["magnitude_l2/paper"] = "Σ‖W‖_F (Frobenius norm) over the layer's weights and norms (biases excluded)"
-METRIC_SEMANTICS["magnitude_l2/reference_code"] = "Σw² (no root, as the paper's code) over the layer's weights and norms"
-METRIC_SEMANTICS["block_influence/paper"] = "ShortGPT per-token cosine, 1 − mean cos(x_i, x_i+1), every layer scored"
-METRIC_SEMANTICS["block_influence/reference_code"] = (
-    "paper's code: 1 − one cosine of the whole calibration set's [windows, seq, hidden] activations flattened "
-    "together (float64); last layer unscored (None), never chosen"
-)
-
-
-def metric_label(metric: str, semantics: str = "paper") -> str:
-    return f"{metric}/{semantics}: " + METRIC_SEMANTICS[f"{metric}/{semantics}"]
 
 
 def needs_calibration(metric: str) -> bool:

@@ -1,4 +1,4 @@
-"""Which layers to remove, given a metric's scores (shared/METHODS.md §1). Indices are the current model's.
+"""Which layers to remove, given a metric's scores (docs/methods.md §1). Indices are the current model's.
 
 * reverse_order: the last k unprotected layers.
 * random: k distinct unprotected layers drawn with ``random.Random(seed)`` (reproducible anywhere).

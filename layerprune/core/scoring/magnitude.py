@@ -1,4 +1,4 @@
-"""magnitude_l1 / magnitude_l2: how large a block's weights are (shared/METHODS.md §1).
+"""magnitude_l1 / magnitude_l2: how large a block's weights are (docs/methods.md §1).
 
 Weights only: every parameter of the block except biases, norms included; embeddings, lm_head and
 the final norm are never ranked. ``magnitude_l2`` under "paper" semantics sums the Frobenius norm

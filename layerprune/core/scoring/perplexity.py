@@ -102,7 +102,7 @@ def naive_ppl_scores(model: nn.Module, calibration: torch.Tensor, *, batch_size:
     try:
         for i in range(num_layers):
             keep = [j for j in range(num_layers) if j != i]
-            # What a real removal does to the structure (shared/METHODS.md §2), minus cache indices,
+            # What a real removal does to the structure (docs/methods.md §2), minus cache indices,
             # which a cache-free forward never reads.
             setattr(parent, attr, nn.ModuleList([original[j] for j in keep]))
             setattr(cfg, count_key, num_layers - 1)

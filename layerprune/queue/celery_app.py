@@ -1,26 +1,18 @@
-"""Sending jobs to workers: the Celery app's configuration and the outbox sweep.
+"""The Celery app and its settings: publishing a job id to a broker queue, and broker health.
 
 Postgres (or SQLite) is the truth; a broker message carries only a job id and may be lost or
 delivered twice without harm, because a worker claims the job row atomically before running it
-(``layerprune.db.queue.claim_job``). So:
-
-- the API commits a job, then calls :func:`send_job`; if the broker is down the job keeps
-  ``dispatched_at = NULL`` and :func:`dispatch_pending` (run every few seconds by the API and by
-  every worker) sends it once the broker is back;
-- a message lost by the broker itself (Redis restarted without persistence) is covered by
-  re-sending jobs that stay ``queued`` long after their last send, with exponential back-off on
-  ``dispatch_count`` so that a long backlog does not fill the queue with copies.
+(``layerprune.queue.transitions.claim_job``). A job the broker did not take is sent later by the
+outbox (``layerprune.queue.outbox``).
 
 This module is imported by the API and must not import ``layerprune.worker``: tasks are sent by
-name (``layerprune.run_job``).
+name (``layerprune.run_job``); ``layerprune.worker.app`` registers them on this same app.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from contextlib import AbstractContextManager
-from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -164,8 +156,6 @@ def broker_ok(timeout: float = 2.0) -> bool:
         folder = celery_app.conf.broker_transport_options.get("data_folder_in")
         if not folder:
             return False
-        from pathlib import Path
-
         return Path(folder).is_dir()
     try:
         with celery_app.connection_for_write() as conn:
@@ -174,73 +164,3 @@ def broker_ok(timeout: float = 2.0) -> bool:
         return True
     except Exception:  # noqa: BLE001 - any failure means "not reachable"
         return False
-
-
-def _redispatch_due(dispatched_at: datetime | None, dispatch_count: int, now: datetime, base_s: float) -> bool:
-    """Re-send a still-queued job after ``base_s × 2^(dispatch_count-1)`` seconds, capped at 6 h."""
-    if dispatched_at is None:
-        return True
-    if dispatched_at.tzinfo is None:
-        dispatched_at = dispatched_at.replace(tzinfo=UTC)
-    wait = min(base_s * (2 ** max(dispatch_count - 1, 0)), 6 * 3600.0)
-    return now - dispatched_at >= timedelta(seconds=wait)
-
-
-def dispatch_pending(
-    session_factory: Callable[[], AbstractContextManager[Any]] | Callable[[], Any],
-    *,
-    limit: int = 100,
-    redispatch_after_s: float | None = None,
-) -> int:
-    """Send every queued job not yet sent (and re-send long-waiting ones); returns how many were sent.
-
-    Safe in several processes at once: a job sent twice is claimed once. Each job is sent first and
-    marked afterwards, so a crash in between only causes a harmless second send. Stops at the
-    first broker error (the broker is down: the next sweep retries).
-    """
-    from layerprune.db.queue import mark_dispatched, pending_dispatch
-
-    if redispatch_after_s is None:
-        redispatch_after_s = get_settings().redispatch_after_seconds
-    sent = 0
-    with _session(session_factory) as session:
-        candidates = pending_dispatch(session, limit, redispatch_after_s=redispatch_after_s)
-    for job_id, queue, priority in candidates:
-        try:
-            send_job(job_id, queue, priority)
-        except Exception as exc:  # noqa: BLE001 - broker down: leave it for the next sweep
-            log.warning("dispatch of %s failed: %s", job_id, exc)
-            break
-        with _session(session_factory) as session:
-            mark_dispatched(session, job_id)
-            session.commit()
-        sent += 1
-    return sent
-
-
-class _session:  # noqa: N801 - used like a function
-    """Accept either a sessionmaker (call → Session) or a context-manager factory (session_scope)."""
-
-    def __init__(self, factory: Callable[[], Any]) -> None:
-        self._factory = factory
-        self._cm: Any = None
-        self._session: Any = None
-
-    def __enter__(self) -> Any:
-        made = self._factory()
-        if hasattr(made, "execute"):
-            self._session = made
-            return made
-        self._cm = made
-        self._session = made.__enter__()
-        return self._session
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._cm is not None:
-            self._cm.__exit__(*exc)
-        else:
-            self._session.close()
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)

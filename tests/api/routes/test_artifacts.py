@@ -36,7 +36,7 @@ def published(client, migrated_db, service_settings, tmp_path_factory):
 def test_list(client, published):
     job_id, h = published
     listing = client.get(f"/v1/jobs/{job_id}/artifacts", headers=h).json()
-    assert isinstance(listing, list)  # CONTRACT.md: a bare array
+    assert isinstance(listing, list)  # docs/contract.md: a bare array
     by_path = {a["path"]: a for a in listing}
     assert set(by_path) == set(FILES)
     for path, data in FILES.items():

@@ -101,7 +101,7 @@ def test_converted_rows_render_to_the_olmes_contexts(tm, tmp_path: Path, fast_te
 
 # Small but real: every task, MMLU with the first document of each of its 57 subjects (MMLU's long
 # contexts dominate the cost; with one document a subject has no standard error, on either side,
-# and the pooled one is checked against lm-eval's function in test_evaluate_tasks.py).
+# and the pooled one is checked against lm-eval's function in tests/core/evaluate/test_tasks.py).
 LIMITS = {"arc_easy": 8, "arc_challenge": 8, "piqa": 8, "hellaswag": 6, "openbookqa": 8, "winogrande": 8,
           "boolq": 4, "mmlu": 1}
 

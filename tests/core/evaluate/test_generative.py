@@ -270,7 +270,7 @@ def test_cli_table_and_model_card_show_generative_metrics(tmp_path: Path) -> Non
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
 def test_dashboard_direction_of_each_metric() -> None:
-    src = (Path(__file__).parents[2] / "layerprune/api/static/dashboard.js").read_text()
+    src = (Path(__file__).parents[3] / "layerprune/api/static/dashboard.js").read_text()
     start = src.index("function lowerIsBetter")
     fn = src[start:src.index("\n}\n", start) + 2]
     metrics = json.dumps({"before": BEFORE, "after": AFTER})

@@ -7,9 +7,10 @@ import time
 
 from sqlalchemy import select
 
-from layerprune.db.jobs import create_job, get_job
+from layerprune.db.jobs import get_job
 from layerprune.db.models import Job
 from layerprune.db.session import get_engine, read_session_factory, session_factory
+from layerprune.queue.transitions import create_job
 
 SPEC = {"model": "x", "prune": {"metric": "reverse_order", "ratio": 0.25}}
 

@@ -7,6 +7,7 @@ import logging
 
 from layerprune.logs import JsonFormatter, bind
 from tests.api.helpers import PRUNE
+from tests.service_fixtures import *  # noqa: F403 - the live app fixtures (client, new_tenant)
 
 
 def test_json_formatter_binds_context_and_masks_bearer():

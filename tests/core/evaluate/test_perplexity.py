@@ -151,7 +151,7 @@ def test_bundled_model_perplexity(bundled_dir: Path) -> None:
     spec = EvaluateSpec(perplexity=PerplexitySpec(dataset="bundled:wikitext-like", seq_len=128, max_windows=4),
                         tasks=["arc_easy"], limit=4, batch_size=16)
     res = evaluate_model(bundled_dir, spec, device="cpu")
-    # Seen on this model: about 20 on Wikipedia paragraphs (shared/DATA.md).
+    # Seen on this model: about 20 on Wikipedia paragraphs (docs/data.md, the bundled model).
     assert 8 < res["perplexity"]["value"] < 40 and res["perplexity"]["bos"] is False
     assert res["perplexity"]["num_tokens"] == 4 * 127
     assert res["num_layers"] == 30 and 130e6 < res["params"] < 140e6

@@ -1,4 +1,4 @@
-"""The queue's transitions on SQLite and Postgres: atomic claims, leases, reaping, the outbox."""
+"""The queue's transitions on SQLite and Postgres: atomic claims, leases, reaping, the status table."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
-from layerprune.db import queue as q
 from layerprune.db.models import Artifact, Job, JobEvent
+from layerprune.queue import transitions as q
+from layerprune.queue.outbox import pending_dispatch
 from tests.worker.conftest import new_job
 
 
@@ -87,7 +88,7 @@ def test_reaper_requeues_then_fails_worker_lost(sessions):
     job = _job(sessions, job_id)
     assert (job.status, job.worker_id, job.dispatched_at) == ("queued", None, None)
     with sessions() as s:
-        assert q.pending_dispatch(s, 10) == [(job_id, "cpu", 0)]
+        assert pending_dispatch(s, 10) == [(job_id, "cpu", 0)]
         # the dead worker cannot finish it any more
         assert q.finish_job(s, job_id, "w1", {}, []) is False
         q.claim_job(s, job_id, "w2", 5)
@@ -111,20 +112,70 @@ def test_reaper_finishes_cancelling_and_claim_takes_over_expired(sessions):
     assert (_job(sessions, b).worker_id, _job(sessions, b).attempts) == ("w2", 2)
 
 
-def test_outbox_redispatch_backs_off(sessions):
-    job_id = new_job(sessions)
+# ---------------------------------------------------------------- the transition table, end to end
+
+HOOK_SPEC = {"model": "x", "prune": {"metric": "reverse_order", "ratio": 0.25},
+             "webhook": {"url": "https://hooks.example/lp"}}
+
+
+def _in_status(sessions, status: str, *, attempts: int = 1) -> str:
+    """A job in ``status``, held by worker w1 with an expired lease (so claim and reaper may act)."""
+    job_id = new_job(sessions, HOOK_SPEC, max_attempts=3)
     with sessions() as s:
-        assert q.pending_dispatch(s, 10, redispatch_after_s=60) == [(job_id, "cpu", 0)]
-        q.mark_dispatched(s, job_id)
-        assert q.pending_dispatch(s, 10, redispatch_after_s=60) == []
-        past = datetime.now(UTC) - timedelta(seconds=90)
-        s.execute(Job.__table__.update().values(dispatched_at=past))
+        s.execute(Job.__table__.update().where(Job.id == job_id).values(
+            status=status, worker_id="w1", attempts=attempts,
+            lease_expires_at=datetime.now(UTC) - timedelta(seconds=5)))
         s.commit()
-        assert q.pending_dispatch(s, 10, redispatch_after_s=60) == [(job_id, "cpu", 0)]
-        q.mark_dispatched(s, job_id)
-        s.execute(Job.__table__.update().values(dispatched_at=past))  # 2nd send: waits 120 s now
-        s.commit()
-        assert q.pending_dispatch(s, 10, redispatch_after_s=60) == []
-        q.claim_job(s, job_id, "w", 30)
-        assert q.mark_dispatched(s, job_id) is False
-        assert q.pending_dispatch(s, 10, redispatch_after_s=0.001) == []
+    return job_id
+
+
+def _cancel(s, job_id: str) -> bool:
+    job = s.get(Job, job_id)
+    before = job.status
+    try:
+        after = q.request_cancel(s, job).status
+    except q.JobStateConflict:
+        s.rollback()
+        return False
+    s.commit()
+    return after != before
+
+
+# Every function that may change a job's status, run from every status: (name, attempts, call → moved?).
+MOVES = [
+    ("claim_job", 1, lambda s, j: q.claim_job(s, j, "w2", 30) is not None),
+    ("request_cancel", 1, _cancel),
+    ("finish_job", 1, lambda s, j: q.finish_job(s, j, "w1", {"ok": 1}, [])),
+    ("fail_job", 1, lambda s, j: q.fail_job(s, j, "w1", "boom", "it broke")),
+    ("cancel_finish", 1, lambda s, j: q.cancel_finish(s, j, "w1")),
+    ("reap_expired", 1, lambda s, j: j in q.reap_expired(s)),
+    ("reap_expired (attempts used up)", 3, lambda s, j: j in q.reap_expired(s)),
+    ("heartbeat", 1, lambda s, j: (q.heartbeat(s, j, "w1", 30), False)[1]),
+    ("mark_dispatched", 1, lambda s, j: (q.mark_dispatched(s, j), False)[1]),
+]
+
+
+def test_each_allowed_transition_works_and_each_other_is_refused(sessions):
+    from layerprune.db.models import WebhookDelivery
+    from layerprune.queue.status import JOB_STATUSES, TERMINAL_STATUSES, TRANSITIONS, allowed
+
+    seen: set[tuple[str, str]] = set()
+    for old in JOB_STATUSES:
+        for name, attempts, move in MOVES:
+            job_id = _in_status(sessions, old, attempts=attempts)
+            with sessions() as s:
+                moved = move(s, job_id)
+            job = _job(sessions, job_id)
+            where = f"{name} from {old}"
+            if moved:
+                assert allowed(old, job.status), f"{where} made the disallowed move to {job.status}"
+                seen.add((old, job.status))
+            else:
+                assert job.status == old, f"{where} reported no move but the job is {job.status}"
+            with sessions() as s:
+                hooks = [d.event_type for d in s.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job_id))]
+            # Every move into a terminal status, whoever makes it, adds exactly one delivery.
+            expected = [f"job.{job.status}"] if moved and job.status in TERMINAL_STATUSES else []
+            assert hooks == expected, where
+    table = {(old, new) for old, news in TRANSITIONS.items() for new in news}
+    assert seen == {(str(a), str(b)) for a, b in table}, "every allowed move is made by some transition"
