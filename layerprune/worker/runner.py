@@ -10,8 +10,10 @@
   then the artifact rows and ``succeeded`` commit in one transaction. If that commit is refused
   (cancelled meanwhile) the published copy is deleted: a failed or cancelled job exposes nothing.
 
-Outcomes: typed core errors → failed {code, message}; Cancelled → cancelled; anything else →
-failed ``internal_error`` with a reference; the traceback goes to the server log only.
+Outcomes: typed core errors → failed {code, message}; Cancelled → cancelled; a full disk, of the
+scratch space or the store, → ``disk_full`` and another store failure → ``storage_error`` (both
+classified by ``storage_failure`` alone); anything else → failed ``internal_error`` with a
+reference; the traceback goes to the server log only. Each run is an :class:`Attempt`.
 """
 
 from __future__ import annotations
