@@ -12,7 +12,7 @@ from sqlalchemy import select
 from layerprune.core.bundled import bundled_text
 from layerprune.core.spec import JobSpec
 from layerprune.db.models import Artifact, File, Job, JobEvent
-from layerprune.db.queue import claim_job
+from layerprune.queue.transitions import claim_job
 from layerprune.settings import Settings
 from layerprune.storage import LocalStore
 from layerprune.worker.runner import Attempt, run_job
