@@ -44,11 +44,12 @@ class DiskFullError(StorageError):
 
 
 def storage_failure(exc: BaseException) -> StorageError:
-    """The typed error for a failure while publishing: ENOSPC/EDQUOT → disk_full, else storage_error."""
+    """The typed error of a storage failure (publishing, or a full scratch disk): ENOSPC/EDQUOT → disk_full,
+    else storage_error."""
     if isinstance(exc, StorageError):
         return exc
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(f"no space left on device while storing artifacts: {exc}")
+        return DiskFullError(f"no space left on the worker's disk or the artifact store: {exc}")
     return StorageError(f"storing artifacts failed: {type(exc).__name__}: {exc}")
 
 

@@ -41,3 +41,11 @@ def tiny_dirs(tmp_path_factory: pytest.TempPathFactory):
         return made[family]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model root holding ``tiny`` (a saved tiny Llama)."""
+    root = tmp_path_factory.mktemp("models")
+    save_tiny(root / "tiny", "llama")
+    return root

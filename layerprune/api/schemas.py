@@ -1,7 +1,8 @@
 """Request and response bodies (DTOs), kept apart from the ORM models.
 
-``JobCreate`` is core's ``JobSpec`` itself: one definition of a valid spec, shared by the API,
-the worker and the docs. Responses are built from rows with ``from_row``; the job object itself
+``JobCreate`` is core's ``JobSpec`` (the model and the stages: one definition of a valid spec,
+shared by the API, the worker and the docs) plus what only the service keeps: the webhook, the
+metadata and the priority. Responses are built from rows with ``from_row``; the job object itself
 (``JobPublic``) lives in ``layerprune.queue.job_object``, shared with the webhooks.
 """
 
@@ -10,13 +11,35 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from layerprune.core.errors import SpecError
 from layerprune.core.spec import JobSpec
 from layerprune.db.models import Artifact, File, JobEvent
 from layerprune.queue.job_object import EXAMPLE_SPEC, JobPublic
+from layerprune.service_fields import METADATA_MAX_KEYS, Priority, WebhookSpec
 
-JobCreate = JobSpec
+
+class JobCreate(JobSpec):
+    """A job request: core's spec, and the service's own fields beside it. The whole body is
+    stored as the job's ``spec``; metadata and priority also get columns of their own."""
+
+    webhook: WebhookSpec | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    priority: Priority = 0
+
+    @model_validator(mode="after")
+    def _metadata_size(self) -> JobCreate:
+        if len(self.metadata) > METADATA_MAX_KEYS:
+            raise SpecError(f"metadata holds at most {METADATA_MAX_KEYS} keys", param="metadata")
+        return self
+
+
+# Published (OpenAPI component, validation errors) under core's name, as the request body has been
+# since the first release: a generated client's type must not be renamed under it. The schema is
+# rebuilt because pydantic fixes a model's reference name when the class is created.
+JobCreate.__name__ = JobCreate.__qualname__ = "JobSpec"
+JobCreate.model_rebuild(force=True)
 
 JOB_CREATE_EXAMPLES: dict[str, dict[str, Any]] = {
     "paper_recipe": {

@@ -20,9 +20,10 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from layerprune.api.errors import ApiError
+from layerprune.api.routing import queue_for
+from layerprune.api.schemas import JobCreate
 from layerprune.api.validation import validate_job_spec
 from layerprune.core.errors import LayerPruneError
-from layerprune.core.spec import JobSpec
 from layerprune.db.models import Job, Study
 from layerprune.db.studies import create_study, link_job, mark_cancel_requested, study_jobs
 from layerprune.queue.transitions import JobStateConflict, create_job, request_cancel
@@ -67,10 +68,10 @@ def parse_study(body: Any) -> StudySpec:
 
 
 def _validated_job(session: Session, tenant: str, spec: dict[str, Any], settings: Settings,
-                   candidate: Candidate | None, index: int | None) -> JobSpec:
+                   candidate: Candidate | None, index: int | None) -> JobCreate:
     where = f"candidate {index} ({candidate.label}): " if candidate is not None else "baseline: "
     try:
-        job_spec = JobSpec.model_validate(spec)
+        job_spec = JobCreate.model_validate(spec)
         validate_job_spec(session, tenant, job_spec, settings)
     except ValidationError as exc:
         raise _invalid(exc, candidate=candidate, where=where) from None
@@ -81,7 +82,7 @@ def _validated_job(session: Session, tenant: str, spec: dict[str, Any], settings
 
 
 def validate_study(session: Session, tenant: str, study: StudySpec,
-                   settings: Settings) -> tuple[JobSpec, list[tuple[Candidate, JobSpec]]]:
+                   settings: Settings) -> tuple[JobCreate, list[tuple[Candidate, JobCreate]]]:
     """The baseline's and every candidate's job spec, each validated as ``POST /v1/jobs`` would."""
     candidates = expand(study)
     if len(candidates) > settings.max_study_candidates:
@@ -99,17 +100,17 @@ def validate_study(session: Session, tenant: str, study: StudySpec,
     return baseline, out
 
 
-def _new_job(session: Session, tenant: str, study: Study, spec: JobSpec, role: str, settings: Settings) -> Job:
+def _new_job(session: Session, tenant: str, study: Study, spec: JobCreate, role: str, settings: Settings) -> Job:
     stored = spec.model_dump(mode="json")
     stored["metadata"] = {**stored.get("metadata", {}), "study_id": study.id, "study_role": role}
-    job = create_job(session, tenant, stored, queue="gpu" if spec.needs_gpu else "cpu",
+    job = create_job(session, tenant, stored, queue=queue_for(spec),
                      max_attempts=settings.max_attempts)
     link_job(session, study, job)
     return job
 
 
-def create_study_jobs(session: Session, tenant: str, study_spec: StudySpec, baseline: JobSpec,
-                      candidates: list[tuple[Candidate, JobSpec]], settings: Settings) -> tuple[Study, list[Job]]:
+def create_study_jobs(session: Session, tenant: str, study_spec: StudySpec, baseline: JobCreate,
+                      candidates: list[tuple[Candidate, JobCreate]], settings: Settings) -> tuple[Study, list[Job]]:
     """Insert the study, its baseline job and one job per candidate (the caller commits, then dispatches)."""
     study = create_study(session, tenant, study_spec.model_dump(mode="json"))
     base_job = _new_job(session, tenant, study, baseline, "baseline", settings)

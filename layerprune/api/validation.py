@@ -1,10 +1,11 @@
 """Semantic checks of a job spec at POST time, cheap and torch-free.
 
-The structure was already checked by core's ``JobSpec``. Here: the model reference (syntax,
-model roots, ``job:<id>`` of the same tenant and succeeded), uploaded files named by the spec,
-the webhook target, qlora without CUDA workers, and — when the model's ``config.json`` can be
-read locally — the layer arithmetic of ``prune`` and ``finetune`` via core's own checks. Every
-failure is a core ``SpecError`` (or another typed core error) naming the field → 422.
+The structure was already checked by the request model (``api.schemas.JobCreate``). Here: the
+model reference (syntax, model roots, ``job:<id>`` of the same tenant and succeeded), uploaded
+files named by the spec, the webhook target, qlora without CUDA workers, and — when the model's
+layer count is known here — the layer plan of ``prune`` (core's ``check_layer_plan``, the check the
+worker makes too) and ``finetune``. Every failure is a core ``SpecError`` (or another typed core
+error) naming the field → 422.
 """
 
 from __future__ import annotations
@@ -16,21 +17,25 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import try_to_load_from_cache
 from sqlalchemy.orm import Session
 
 from layerprune.api.file_checks import GSM8K, PURPOSE_FORMATS, TEXTS, read_formats
-from layerprune.core.errors import DatasetError, DeviceUnavailableError, RemoteCodeRefusedError, SpecError
-from layerprune.core.spec import JobSpec, resolve_layer_count
-from layerprune.db.files import file_refs, get_file
+from layerprune.api.schemas import JobCreate
+from layerprune.core import refs
+from layerprune.core.bundled import BUNDLED_LAYER_COUNTS, cache_dir
+from layerprune.core.errors import (
+    DatasetError,
+    DeviceUnavailableError,
+    RemoteCodeRefusedError,
+    SpecError,
+    UnsupportedArchitectureError,
+)
+from layerprune.core.layer_plan import check_layer_plan, num_layers_of
+from layerprune.core.spec import DATASET_FIELDS, JobSpec
+from layerprune.db.files import get_file
 from layerprune.db.jobs import get_job
 from layerprune.settings import Settings
-
-# Layer-count keys of Hugging Face configs (as core.architecture, which imports torch).
-_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
-# Known from docs/data.md (the bundled model), used when the converted bundled model is not cached
-# on this host yet.
-_BUNDLED_LAYERS = {"smollm2-135m-instruct": 30}
-
 
 # Metadata is matched by exact key and value in ``GET /v1/jobs?metadata[key]=value``; the same
 # rules hold where it is stored (POST) and where it is asked for (the query), so anything that
@@ -55,7 +60,7 @@ def metadata_problem(key: str, value: str) -> tuple[str, str] | None:
     return None
 
 
-def validate_job_spec(session: Session, tenant: str, spec: JobSpec, settings: Settings) -> None:
+def validate_job_spec(session: Session, tenant: str, spec: JobCreate, settings: Settings) -> None:
     """Raise a typed core error (→ 422 naming the field) for anything a worker would refuse."""
     for key, value in spec.metadata.items():
         problem = metadata_problem(key, value)
@@ -77,10 +82,7 @@ def validate_job_spec(session: Session, tenant: str, spec: JobSpec, settings: Se
         return  # a hub model: the worker checks once it has the config
     remaining = layers
     if spec.prune is not None:
-        remaining = layers - resolve_layer_count(spec.prune, layers)
-        if spec.prune.iterative_step is not None and spec.prune.iterative_step > layers - remaining:
-            raise SpecError(f"iterative_step {spec.prune.iterative_step} is more than the "
-                            f"{layers - remaining} layers removed", param="prune.iterative_step")
+        remaining = check_layer_plan(spec.prune, layers).remaining
     if spec.finetune is not None:
         from layerprune.core.finetune import check_finetune_spec
 
@@ -106,35 +108,35 @@ def _check_model_ref(session: Session, tenant: str, spec: JobSpec, settings: Set
     from layerprune.core.sources import validate_model_ref
 
     validate_model_ref(spec.model, settings.model_root_paths)
-    if spec.model.startswith("job:"):
-        job = get_job(session, tenant, spec.model.removeprefix("job:"))
+    if refs.is_job(spec.model):
+        job = get_job(session, tenant, refs.job_id(spec.model))
         if job is None:
-            raise SpecError(f"no job '{spec.model.removeprefix('job:')}' to take the model from", param="model")
+            raise SpecError(f"no job '{refs.job_id(spec.model)}' to take the model from", param="model")
         if job.status != "succeeded":
             raise SpecError(f"job {job.id} is {job.status}; only a succeeded job's output can be a model",
                             param="model")
 
 
-# The format each file-naming spec field reads its file as: a key of the upload checks' format
-# table (``api.file_checks``), so a new use of uploaded files is one entry here.
+# The format each data-set field of the spec (core's ``DATASET_FIELDS``) reads an uploaded file
+# as: a key of the upload checks' format table (``api.file_checks``).
 FILE_USES: dict[str, Callable[[JobSpec], str]] = {
     "finetune.dataset": lambda spec: spec.finetune.format if spec.finetune is not None else "",
     "prune.calibration.dataset": lambda spec: TEXTS,
     "evaluate.perplexity.dataset": lambda spec: TEXTS,
     "evaluate.gsm8k_train": lambda spec: GSM8K,
 }
+if set(FILE_USES) != set(DATASET_FIELDS):  # pragma: no cover - a data-set field without its format
+    raise RuntimeError(f"FILE_USES {sorted(FILE_USES)} must cover core's DATASET_FIELDS {sorted(DATASET_FIELDS)}")
 
 
 def _check_files(session: Session, tenant: str, spec: JobSpec) -> None:
-    data = spec.model_dump(mode="json")
-    for path, file_id in file_refs(data).items():
+    for path, file_id in spec.dataset_refs().items():
+        if not refs.is_file(file_id):
+            continue
         row = get_file(session, tenant, file_id)
         if row is None:
             raise SpecError(f"no uploaded file '{file_id}'", param=path)
-        use = FILE_USES.get(path)
-        if use is None:
-            continue
-        needed = use(spec)
+        needed = FILE_USES[path](spec)
         outcome = read_formats(row.storage_path)
         if outcome is None:  # uploaded before the per-format checks: only its kind is known
             _check_file_kind(spec, path, file_id, row.storage_path)
@@ -174,11 +176,9 @@ def _shortest_prompt(fmt: str) -> str | None:
 def _tokenizer_file(spec: JobSpec, settings: Settings) -> Path | None:
     """The model's ``tokenizer.json`` when it is on this host (bundled and cached, or local)."""
     ref = spec.model
-    if ref.startswith("bundled:"):
-        from layerprune.core.bundled import cache_dir
-
-        folder: Path | None = cache_dir() / "models" / ref.removeprefix("bundled:")
-    elif ref.startswith("job:"):
+    if refs.is_bundled(ref):
+        folder: Path | None = cache_dir() / "models" / refs.bundled_name(ref)
+    elif refs.is_job(ref):
         folder = None
     else:
         from layerprune.core.sources import local_model_path
@@ -230,15 +230,6 @@ def _check_gsm8k_train(spec: JobSpec) -> None:
                         param=f"evaluate.tasks[{ev.tasks.index('gsm8k')}]")
 
 
-def _layers_from_config(config: dict[str, Any]) -> int | None:
-    for cfg in (config.get("text_config"), config):
-        if isinstance(cfg, dict):
-            for key in _LAYER_KEYS:
-                if isinstance(cfg.get(key), int):
-                    return int(cfg[key])
-    return None
-
-
 def _read_config(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -248,16 +239,15 @@ def _read_config(path: Path) -> dict[str, Any] | None:
 
 
 def model_layer_count(session: Session, tenant: str, spec: JobSpec, settings: Settings) -> int | None:
-    """The model's decoder layer count when it is knowable here without a download, else None."""
+    """The model's decoder layer count when it is knowable here without a download, else None
+    (a hub model: the worker makes the same check once it has the config)."""
     ref = spec.model
-    if ref.startswith("bundled:"):
-        from layerprune.core.bundled import cache_dir
-
-        name = ref.removeprefix("bundled:")
+    if refs.is_bundled(ref):
+        name = refs.bundled_name(ref)
         cached = _read_config(cache_dir() / "models" / name / "config.json")
-        return (_layers_from_config(cached) if cached else None) or _BUNDLED_LAYERS.get(name)
-    if ref.startswith("job:"):
-        job = get_job(session, tenant, ref.removeprefix("job:"))
+        return num_layers_of(cached) if cached else BUNDLED_LAYER_COUNTS.get(name)
+    if refs.is_job(ref):
+        job = get_job(session, tenant, refs.job_id(ref))
         result = (job.result if job is not None else None) or {}
         value = result.get("num_layers_after")
         return int(value) if isinstance(value, int) else None
@@ -265,19 +255,33 @@ def model_layer_count(session: Session, tenant: str, spec: JobSpec, settings: Se
 
     local = local_model_path(ref, settings.model_root_paths)
     if local is None:
-        return None
+        return _hub_layer_count(ref, spec.revision)
     config = _read_config(local / "config.json")
     if config is None:
         raise SpecError(f"model directory '{ref}' has no readable config.json", param="model")
     if config.get("auto_map"):
         raise RemoteCodeRefusedError("this model needs trust_remote_code (custom code); remote code is never run",
                                      param="model")
-    layers = _layers_from_config(config)
-    if layers is None:
-        raise SpecError(f"model directory '{ref}' has no layer count in config.json", param="model")
-    return layers
+    try:
+        return num_layers_of(config)
+    except UnsupportedArchitectureError:
+        raise SpecError(f"model directory '{ref}' has no layer count in config.json", param="model") from None
 
 
+def _hub_layer_count(repo_id: str, revision: str | None) -> int | None:
+    """A hub model's layer count from its ``config.json`` in this host's hub cache (no download);
+    None when it is not cached or not readable here: the worker checks once it has the config."""
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    except ValueError:  # not a valid repo id for the cache: the worker reports it
+        return None
+    config = _read_config(Path(cached)) if isinstance(cached, str) else None
+    if config is None or config.get("auto_map"):
+        return None
+    try:
+        return num_layers_of(config)
+    except UnsupportedArchitectureError:
+        return None
 
 
 __all__ = ["validate_job_spec", "model_layer_count", "cuda_workers", "metadata_problem"]

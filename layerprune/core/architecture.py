@@ -16,27 +16,9 @@ from torch import nn
 
 from layerprune.core.errors import UnsupportedArchitectureError
 
-LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
-
-
-def text_config(config):  # type: ignore[no-untyped-def]
-    """The text part of a config (Gemma3 and other multimodal configs nest it)."""
-    get = getattr(config, "get_text_config", None)
-    return get() if callable(get) else config
-
-
-def layer_count_key(config) -> str:  # type: ignore[no-untyped-def]
-    cfg = text_config(config)
-    for key in LAYER_COUNT_KEYS:
-        if isinstance(getattr(cfg, key, None), int):
-            return key
-    raise UnsupportedArchitectureError(
-        f"unsupported architecture {type(config).__name__}: no layer count in its config", param="model"
-    )
-
-
-def num_layers_of(config) -> int:  # type: ignore[no-untyped-def]
-    return int(getattr(text_config(config), layer_count_key(config)))
+# The layer count is read by one torch-free module (the API reads config.json with it too);
+# re-exported here, where the model-surgery code looks for it.
+from layerprune.core.layer_plan import LAYER_COUNT_KEYS, layer_count_key, num_layers_of, text_config  # noqa: F401
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from layerprune.core import refs
 from layerprune.core.errors import DatasetError, ModelSourceError
 
 BUNDLED_MODELS: dict[str, dict[str, str]] = {
@@ -38,6 +39,9 @@ BUNDLED_MODELS: dict[str, dict[str, str]] = {
         "license": "apache-2.0",
     }
 }
+# Decoder layers of each bundled model (docs/data.md), for checking a spec's layer plan on a host
+# that has not converted the model yet; a test holds it to the converted model's config.json.
+BUNDLED_LAYER_COUNTS: dict[str, int] = {"smollm2-135m-instruct": 30}
 
 TEXT_SETS = ("wikipedia-eval", "wikipedia-calibration", "wikipedia-train")
 TEXT_ALIASES = {"wikitext-like": "wikipedia-eval"}
@@ -76,16 +80,16 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def is_bundled(name: str) -> bool:
-    return name.startswith("bundled:")
+    return refs.is_bundled(name)
 
 
 def bundled_model_dir(name: str) -> Path:
     """The Hugging Face directory of a bundled model, converted on first use and cached."""
-    key = name.removeprefix("bundled:")
+    key = refs.bundled_name(name)
     if key not in BUNDLED_MODELS:
         raise ModelSourceError(
             f"unknown bundled model '{name}'; available: "
-            + ", ".join("bundled:" + k for k in BUNDLED_MODELS),
+            + ", ".join(refs.bundled_ref(k) for k in BUNDLED_MODELS),
             param="model",
         )
     entry = BUNDLED_MODELS[key]
@@ -173,7 +177,7 @@ def _wikipedia_parts() -> dict[str, tuple[str, ...]]:
 
 def bundled_text(name: str) -> list[str]:
     """Paragraphs of a bundled text set (``bundled:wikipedia-train`` …)."""
-    key = name.removeprefix("bundled:")
+    key = refs.bundled_name(name)
     key = TEXT_ALIASES.get(key, key)
     if key not in TEXT_SETS:
         raise DatasetError(f"unknown bundled text set '{name}'; available: {', '.join(bundled_dataset_names())}")
@@ -207,13 +211,13 @@ def _instructions() -> tuple[dict[str, str], ...]:
     return tuple(out)
 
 
-def bundled_instructions(name: str = "bundled:instructions") -> list[dict[str, str]]:
+def bundled_instructions(name: str = refs.bundled_ref("instructions")) -> list[dict[str, str]]:
     """Alpaca-format records (instruction, input, output) of a bundled instruction set."""
-    key = name.removeprefix("bundled:")
+    key = refs.bundled_name(name)
     if key not in INSTRUCTION_SETS:
         raise DatasetError(f"unknown bundled instruction set '{name}'; available: {', '.join(bundled_dataset_names())}")
     return [dict(r) for r in _instructions()]
 
 
 def bundled_dataset_names() -> list[str]:
-    return ["bundled:" + n for n in (*TEXT_SETS, *TEXT_ALIASES, *INSTRUCTION_SETS)]
+    return [refs.bundled_ref(n) for n in (*TEXT_SETS, *TEXT_ALIASES, *INSTRUCTION_SETS)]

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from layerprune.core.hooks import Hooks
+from layerprune.core.layer_plan import check_layer_plan
 from layerprune.core.scoring.cache import ResultCache
 from layerprune.core.spec import JobSpec
 
@@ -93,29 +94,6 @@ def _done(work_dir: Path, stage: str) -> dict[str, Any] | None:
         return None  # a torn marker cannot happen (atomic rename) but must not crash a retry
 
 
-def _with_datasets(spec: JobSpec, dataset_paths: dict[str, Path]) -> JobSpec:
-    """Replace uploaded-file refs ("file_…") in the spec by the local paths the runner resolved."""
-    if not dataset_paths:
-        return spec
-
-    def sub(ref: str) -> str:
-        return str(dataset_paths[ref]) if ref in dataset_paths else ref
-
-    update: dict[str, Any] = {}
-    if spec.prune is not None:
-        cal = spec.prune.calibration.model_copy(update={"dataset": sub(spec.prune.calibration.dataset)})
-        update["prune"] = spec.prune.model_copy(update={"calibration": cal})
-    if spec.finetune is not None:
-        update["finetune"] = spec.finetune.model_copy(update={"dataset": sub(spec.finetune.dataset)})
-    if spec.evaluate is not None and spec.evaluate.perplexity is not None:
-        ppl = spec.evaluate.perplexity.model_copy(update={"dataset": sub(spec.evaluate.perplexity.dataset)})
-        update["evaluate"] = spec.evaluate.model_copy(update={"perplexity": ppl})
-    if spec.evaluate is not None and spec.evaluate.gsm8k_train is not None:
-        evaluate = update.get("evaluate", spec.evaluate)
-        update["evaluate"] = evaluate.model_copy(update={"gsm8k_train": sub(spec.evaluate.gsm8k_train)})
-    return spec.model_copy(update=update)
-
-
 def model_size_bytes(model_dir: Path) -> int:
     """Bytes of a saved model's weight files (the evaluation reports the same figure)."""
     from layerprune.core.evaluate import weights_size_bytes
@@ -168,7 +146,8 @@ def run_pipeline(
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    spec = _with_datasets(spec, dict(dataset_paths or {}))
+    # Uploaded-file refs ("file_…") become the local paths the caller resolved.
+    spec = spec.with_datasets({ref: str(path) for ref, path in (dataset_paths or {}).items()})
     base_dir = Path(source.local_dir)
     stages = stages_of(spec)
     result = PipelineResult()
@@ -241,11 +220,10 @@ def _check_finetune_early(spec: JobSpec, num_layers: int, base_dir: Path) -> Non
     import torch
 
     from layerprune.core.finetune import check_finetune_spec
-    from layerprune.core.spec import resolve_layer_count
 
     after = num_layers
     if spec.prune is not None:
-        after = num_layers - resolve_layer_count(spec.prune, num_layers)
+        after = check_layer_plan(spec.prune, num_layers).remaining
     check_finetune_spec(spec.finetune, after, cuda_available=torch.cuda.is_available())
     if spec.finetune.objective == "distill":
         from layerprune.core.device import pick_device, pick_dtype
@@ -387,7 +365,7 @@ def _export(spec: JobSpec, source: Any, model_dir: Path, changed: bool, work_dir
         out.mkdir(parents=True)
         write_json_atomic(out / "metrics.json", result.metrics)
     record = {
-        "spec": spec.model_dump(mode="json", exclude={"webhook"}),
+        "spec": spec.model_dump(mode="json"),
         "base_model": _source_info(source),
         "prune": result.prune,
         "finetune": result.finetune,

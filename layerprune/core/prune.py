@@ -1,23 +1,21 @@
 """Prune a model directory: choose layers with a metric, remove them, write the result.
 
 One loop serves every metric and both one-shot and iterative pruning (⌈k/step⌉ rounds of
-score → choose ``step`` layers → remove → optionally heal). The output is always written by
+score → choose ``step`` layers → remove → optionally heal), in small steps over explicit state:
+the layer plan (core/layer_plan.py: k, step, rounds, checked before anything is loaded), the
+:class:`Renumbering` (which original layer each current and on-disk layer is) and :class:`_Pruning`
+(what the run has recorded). The output is always written by
 :func:`~layerprune.core.streaming.stream_prune` from the last directory on disk (the input, or
 the previous round's healed model), so its tensors keep their dtype and bytes exactly; a model
-is loaded into memory only when a metric needs a forward pass (taylor, ppl, block_influence,
-angular), and then only to score.
+is loaded into memory only when the metric's registry record says it scores with one
+(core/scoring/registry.py), and then only to score.
 With ``replace`` "linear" (core/replace) each write first fits a map per removed run on the
 directory's full model (the scoring model when it is still whole), then streams and folds.
-
-Two numberings are tracked: ``layers`` maps each current layer to its original index (what the
-result reports), ``on_disk`` maps each layer of the current directory to its original index
-(what the next stream_prune removes from).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import shutil
 import time
 from collections.abc import Callable
@@ -30,18 +28,22 @@ import torch
 from layerprune.core.architecture import count_params, meta_model, num_layers_of
 from layerprune.core.errors import DatasetError
 from layerprune.core.hooks import NO_HOOKS, Hooks
-from layerprune.core.scoring.cache import ResultCache
+from layerprune.core.layer_plan import LayerPlan, check_layer_plan
+from layerprune.core.scoring import (
+    calibration_batches,
+    choose_layers,
+    magnitude_scores_from_files,
+    score_layers,
+)
+from layerprune.core.scoring.cache import LAYER_SCORES, ResultCache, cache_key
+from layerprune.core.scoring.registry import metric_info
 from layerprune.core.sources import check_model_dir
-from layerprune.core.spec import PruneSpec, resolve_layer_count
+from layerprune.core.spec import PruneSpec
+from layerprune.core.streaming import stream_prune
 
-# Metrics whose choice needs no forward pass: position, seed, a list, or weights read from files.
-ON_DISK_METRICS = frozenset({"reverse_order", "random", "manual", "magnitude_l1", "magnitude_l2"})
-CALIBRATED_METRICS = frozenset({"taylor", "ppl", "block_influence", "angular"})
-# Metrics whose scores are worth sharing between jobs (core.scoring.cache).
-SCORED_METRICS = CALIBRATED_METRICS | {"magnitude_l1", "magnitude_l2"}
-
-HealRound = Callable[[Path, int], Any]
-"""heal_round(pruned_dir, round_index) -> directory of the healed model (a Path or str)."""
+HealRound = Callable[[Path, int], Path]
+"""heal_round(pruned_dir, round_index) -> directory of the healed model (``pruned_dir`` itself when
+healed in place)."""
 
 
 @dataclass
@@ -73,28 +75,12 @@ def calibration_provenance(ids: torch.Tensor, spec: PruneSpec) -> dict[str, Any]
             "seed": cal.seed, "batch_size": cal.batch_size, "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def _healed_dir(healed: Any, fallback: Path) -> Path:
-    # Accept a directory or a result object that names one; None means "healed in place".
-    if healed is None:
-        return fallback
-    if isinstance(healed, (str, Path)):
-        return Path(healed)
-    for attr in ("out_dir", "output_dir", "model_dir"):
-        value = getattr(healed, attr, None)
-        if value is not None:
-            return Path(value)
-    if isinstance(healed, dict):
-        for key in ("out_dir", "output_dir", "model_dir"):
-            if healed.get(key):
-                return Path(healed[key])
-    raise TypeError(f"heal_round returned {type(healed).__name__}; expected the healed model's directory")
-
-
 class _Scorer:
     """Scores of the current layers, from files (no model) or from a model loaded to score."""
 
     def __init__(self, spec: PruneSpec, device: Any, hooks: Hooks, timings: dict[str, float]) -> None:
         self.spec = spec
+        self.info = metric_info(spec.metric)
         self.device = device
         self.hooks = hooks
         self.timings = timings
@@ -107,16 +93,14 @@ class _Scorer:
 
     def load(self, model_dir: Path) -> None:
         """(Re)read whatever scoring needs from ``model_dir`` (the input or a healed round)."""
-        from layerprune.core.scoring import magnitude_scores_from_files
-
         metric = self.spec.metric
         t0 = time.monotonic()
-        if metric in ("magnitude_l1", "magnitude_l2"):
+        if self.info.scores_from_files:
             p = 1 if metric == "magnitude_l1" else 2
             self.file_scores = magnitude_scores_from_files(model_dir, p, self.spec.semantics)
             self.timings["score"] = self.timings.get("score", 0.0) + time.monotonic() - t0
             return
-        if metric not in CALIBRATED_METRICS:
+        if not self.info.needs_model:
             return
         # Loaded on first use: scores found in a cache need no model at all.
         self.release()  # drop the previous round's model before loading the next
@@ -138,13 +122,11 @@ class _Scorer:
         """The calibration ids alone (tokenizer, no model): their provenance when the scores were cached."""
         from layerprune.core.loading import load_tokenizer
 
-        if self.calibration is None and self.spec.metric in CALIBRATED_METRICS:
+        if self.calibration is None and self.info.needs_calibration:
             self._calibrate(load_tokenizer(model_dir))
 
     def _calibrate(self, tokenizer: Any) -> None:
-        from layerprune.core.scoring import calibration_batches
-
-        user = f"metric '{self.spec.metric}'" if self.spec.metric in CALIBRATED_METRICS else "replace 'linear'"
+        user = f"metric '{self.spec.metric}'" if self.info.needs_calibration else "replace 'linear'"
         if self.calibration is None:
             if tokenizer is None:
                 raise DatasetError(f"{user} needs a tokenizer for its calibration data; "
@@ -173,10 +155,8 @@ class _Scorer:
         """One score per current layer (angular: per block start); ``on_disk_index[j]`` = layer j's
         index in the directory that ``load`` read (magnitude scores are per layer and do not change
         when other layers go)."""
-        from layerprune.core.scoring import score_layers
-
         metric = self.spec.metric
-        if metric in ("reverse_order", "random", "manual"):
+        if not self.info.has_scores:
             return [None] * len(on_disk_index)
         if self.file_scores is not None:
             return [self.file_scores[i] for i in on_disk_index]
@@ -204,10 +184,128 @@ class _Scorer:
             self.intact = False
 
 
+class Renumbering:
+    """Which original layer each layer is, as layers go: the plan's one record of numbering.
+
+    Three numberings meet here. *Current*: the layers still in the model being scored (what
+    ``choose_layers`` indexes). *On disk*: the layers of the directory the next write reads (the
+    input, or the last healed round), which still holds layers removed since it was written.
+    *Original*: the input model's numbering, which every result reports.
+    """
+
+    def __init__(self, num_layers: int) -> None:
+        self.current: list[int] = list(range(num_layers))  # current layer j -> original index
+        self.on_disk: list[int] = list(range(num_layers))  # layer i of the directory on disk -> original
+        self.removed: list[int] = []  # original indices chosen so far, in the order chosen
+
+    def disk_positions(self) -> list[int]:
+        """Each current layer's index in the directory on disk (file scores are read there)."""
+        position = {o: i for i, o in enumerate(self.on_disk)}
+        return [position[o] for o in self.current]
+
+    def to_current(self, original: list[int]) -> list[int]:
+        """Original indices → current ones (each must still be in the model)."""
+        return sorted(self.current.index(o) for o in original)
+
+    def current_protected(self, protect: list[int]) -> set[int]:
+        wanted = set(protect)
+        return {j for j, o in enumerate(self.current) if o in wanted}
+
+    def remove(self, chosen: list[int]) -> list[int]:
+        """Drop current layers ``chosen``; returns them in the original numbering, sorted."""
+        gone = set(chosen)
+        removed = sorted(self.current[j] for j in gone)
+        self.removed.extend(removed)
+        self.current = [o for j, o in enumerate(self.current) if j not in gone]
+        return removed
+
+    def pending_on_disk(self) -> list[int]:
+        """Indices in the directory on disk of the layers removed but still written there."""
+        gone = set(self.removed)
+        return [i for i, o in enumerate(self.on_disk) if o in gone]
+
+    def written(self) -> None:
+        """The pending removals are now on disk (a round's model was written and healed)."""
+        gone = set(self.removed)
+        self.on_disk = [o for o in self.on_disk if o not in gone]
+
+
+class _Pruning:
+    """One call of :func:`prune_model`: its inputs, the renumbering and what it has recorded."""
+
+    def __init__(self, spec: PruneSpec, plan: LayerPlan, hooks: Hooks, device: Any,
+                 heal_round: HealRound | None, cache: ResultCache | None = None, model_id: str | None = None,
+                 source_dir: Path | None = None) -> None:
+        self.spec, self.plan, self.hooks = spec, plan, hooks
+        self.info = metric_info(spec.metric)
+        self.timings: dict[str, float] = {}
+        self.scorer = _Scorer(spec, device, hooks, self.timings)
+        self.numbering = Renumbering(plan.num_layers)
+        self.layer_scores: list[float | None] = [None] * plan.num_layers
+        self.rounds: list[dict[str, Any]] = []
+        self.replaced: list[dict[str, Any]] = []  # replace 'linear': one report per write
+        self.heal_round = heal_round if spec.heal_between_rounds and plan.rounds > 1 else None
+        # Scores of the input model shared between jobs (core.scoring.cache): the first round only.
+        self.cache = cache if model_id is not None and self.info.has_scores else None
+        self.model_id, self.source_dir = model_id, source_dir
+
+    def choose(self, round_index: int) -> None:
+        """Score the current layers, choose this round's, record them and drop them from the numbering."""
+        spec, numbering = self.spec, self.numbering
+        n = min(self.plan.step, self.plan.removed - len(numbering.removed))
+        if round_index == 0 and self.cache is not None:
+            assert self.model_id is not None and self.source_dir is not None
+            scores = _cached_first_scores(self.scorer, self.source_dir, n, self.cache, self.model_id)
+        else:
+            scores = self.scorer.scores(numbering.disk_positions(), block_size=n)
+        if spec.metric == "manual":
+            assert spec.layers is not None
+            chosen = numbering.to_current(spec.layers)
+        else:
+            chosen = choose_layers(spec.metric, scores, n, len(numbering.current),
+                                   protect=numbering.current_protected(spec.protect_layers),
+                                   seed=spec.seed + round_index, block_size=n)
+        layers = list(numbering.current)
+        if round_index == 0:  # the first round scores the whole model: scores by original index
+            for j, score in enumerate(scores):
+                self.layer_scores[layers[j]] = None if score is None else float(score)
+        removed = numbering.remove(chosen)
+        self.rounds.append({"round": round_index, "num_layers": len(layers), "layers": layers,
+                            "scores": [None if s is None else float(s) for s in scores],
+                            "removed": removed, "removed_current": list(chosen)})
+
+    def write(self, src: Path, dst: Path, round_index: int) -> dict[str, Any]:
+        """Write ``src`` without the pending removals to ``dst``; the stream's summary."""
+        removed_idx = self.numbering.pending_on_disk()
+        shutil.rmtree(dst, ignore_errors=True)
+        # Plain removal streams tensor bytes; replace "linear" fits its maps on src's model first.
+        if self.spec.replacement is None:
+            summary = stream_prune(src, dst, removed_idx, self.hooks)
+        else:
+            summary = _write_replaced(self.scorer, src, dst, removed_idx, list(self.numbering.on_disk),
+                                      round_index, self.replaced)
+        self.numbering.written()
+        return summary
+
+    def heal(self, current_dir: Path, rounds_dir: Path, round_index: int) -> Path:
+        """Write this round's model, heal it, and load the healed one for the next round's scores."""
+        assert self.heal_round is not None
+        round_dir = rounds_dir / f"round_{round_index}"
+        self.write(current_dir, round_dir, round_index)
+        self.scorer.release()
+        t0 = time.monotonic()
+        self.hooks.info(f"healing after round {round_index + 1}", round=round_index,
+                        removed=self.rounds[-1]["removed"])
+        healed = Path(self.heal_round(round_dir, round_index))
+        self.timings["heal"] = self.timings.get("heal", 0.0) + time.monotonic() - t0
+        self.scorer.load(healed)
+        return healed
+
+
 def prune_model(source_dir: Path, spec: PruneSpec, out_dir: Path, hooks: Hooks = NO_HOOKS, *,
                 heal_round: HealRound | None = None, device: Any = None, cache: ResultCache | None = None,
                 model_id: str | None = None) -> PruneResult:
-    """Remove ``resolve_layer_count(spec, L)`` decoder layers of the model in ``source_dir``.
+    """Remove ``check_layer_plan(spec, L).removed`` decoder layers of the model in ``source_dir``.
 
     Writes a Hugging Face directory to ``out_dir`` and returns what was removed (original
     numbering) and why. With ``spec.iterative_step`` the layers go in ⌈k/step⌉ rounds, each
@@ -219,117 +317,57 @@ def prune_model(source_dir: Path, spec: PruneSpec, out_dir: Path, hooks: Hooks =
     round's scores of the input model come from the cache when another job computed them (an
     info event says which: ``data.outcome`` "computed" or "hit").
     """
-    from layerprune.core.scoring import choose_layers
-    from layerprune.core.streaming import stream_prune
-
     t_start = time.monotonic()
     source_dir, out_dir = Path(source_dir), Path(out_dir)
     if out_dir.resolve() == source_dir.resolve():
         raise ValueError(f"prune_model: the output directory must differ from the input ({source_dir})")
     config = check_model_dir(source_dir)
-    num_layers = num_layers_of(config)
-    k = resolve_layer_count(spec, num_layers)
+    plan = check_layer_plan(spec, num_layers_of(config))
     params_before = count_params(meta_model(config))
-    metric = spec.metric
-    # manual names its layers up front: there is nothing to re-score between rounds.
-    step = k if metric == "manual" or not spec.iterative_step else min(spec.iterative_step, k)
-    n_rounds = math.ceil(k / step)
-    heal = bool(spec.heal_between_rounds and heal_round is not None and n_rounds > 1)
-    protect = set(spec.protect_layers)
-    timings: dict[str, float] = {}
+    run = _Pruning(spec, plan, hooks, device, heal_round, cache, model_id, source_dir)
     rounds_dir = out_dir.with_name(out_dir.name + "_rounds")
-
-    scorer = _Scorer(spec, device, hooks, timings)
-    scorer.load(source_dir)
-    replaced: list[dict[str, Any]] = []
-
-    def write(src: Path, dst: Path, removed_idx: list[int], round_index: int) -> dict[str, Any]:
-        # Plain removal streams tensor bytes; replace "linear" fits its maps on src's model first.
-        if spec.replacement is None:
-            return stream_prune(src, dst, removed_idx, hooks)
-        return _write_replaced(scorer, src, dst, removed_idx, list(on_disk), round_index, replaced)
-
-    if spec.replacement is not None and metric in CALIBRATED_METRICS:
-        scorer.full_model(source_dir)
-        _check_foldable(scorer)  # refuse an unfoldable family before scoring, not after
     current_dir = source_dir
-    layers = list(range(num_layers))  # current layer j -> original index
-    on_disk = list(range(num_layers))  # layer of current_dir -> original index
-    layer_scores: list[float | None] = [None] * num_layers
-    rounds: list[dict[str, Any]] = []
-    removed_total: list[int] = []
-    summary: dict[str, Any] = {}
     try:
-        for r in range(n_rounds):
+        run.scorer.load(source_dir)
+        if spec.replacement is not None and run.info.needs_model:
+            run.scorer.full_model(source_dir)
+            _check_foldable(run.scorer)  # refuse an unfoldable family before scoring, not after
+        for r in range(plan.rounds):
             hooks.check()
-            hooks.progress(r, n_rounds, f"round {r + 1}/{n_rounds}: scoring {len(layers)} layers with {metric}")
+            hooks.progress(r, plan.rounds, f"round {r + 1}/{plan.rounds}: scoring "
+                                           f"{len(run.numbering.current)} layers with {spec.metric}")
             t_round = time.monotonic()
-            n = min(step, k - len(removed_total))
-            disk_pos = {o: i for i, o in enumerate(on_disk)}
-            if r == 0 and cache is not None and model_id is not None and metric in SCORED_METRICS:
-                scores = _cached_first_scores(scorer, source_dir, n, cache, model_id)
-            else:
-                scores = scorer.scores([disk_pos[o] for o in layers], block_size=n)
-            if metric == "manual":
-                assert spec.layers is not None
-                chosen = sorted(layers.index(i) for i in spec.layers)
-            else:
-                cur_protect = {j for j, o in enumerate(layers) if o in protect}
-                chosen = choose_layers(metric, scores, n, len(layers), protect=cur_protect, seed=spec.seed + r,
-                                       block_size=n)
-            removed_orig = sorted(layers[j] for j in chosen)
-            if r == 0:
-                for j, s in enumerate(scores):
-                    layer_scores[layers[j]] = None if s is None else float(s)
-            rounds.append({"round": r, "num_layers": len(layers), "layers": list(layers),
-                           "scores": [None if s is None else float(s) for s in scores],
-                           "removed": removed_orig, "removed_current": list(chosen)})
-            removed_total.extend(removed_orig)
-            last = r == n_rounds - 1
-            if heal and not last:
-                # Heal the pruned model on disk, then score the healed one next round.
-                round_dir = rounds_dir / f"round_{r}"
-                shutil.rmtree(round_dir, ignore_errors=True)
-                gone = set(removed_total)
-                write(current_dir, round_dir, [i for i, o in enumerate(on_disk) if o in gone], r)
-                on_disk = [o for o in on_disk if o not in gone]
-                scorer.release()
-                t_heal = time.monotonic()
-                hooks.info(f"healing after round {r + 1}", round=r, removed=removed_orig)
-                current_dir = _healed_dir(heal_round(round_dir, r), round_dir)  # type: ignore[misc]
-                timings["heal"] = timings.get("heal", 0.0) + time.monotonic() - t_heal
-                scorer.load(current_dir)
+            run.choose(r)
+            last = r == plan.rounds - 1
+            if run.heal_round is not None and not last:
+                current_dir = run.heal(current_dir, rounds_dir, r)
             elif not last:
-                scorer.drop(chosen)
-            chosen_set = set(chosen)
-            layers = [o for j, o in enumerate(layers) if j not in chosen_set]
-            rounds[-1]["seconds"] = time.monotonic() - t_round
+                run.scorer.drop(run.rounds[-1]["removed_current"])
+            run.rounds[-1]["seconds"] = time.monotonic() - t_round
         hooks.check()
         t_write = time.monotonic()
-        gone = set(removed_total)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        summary = write(current_dir, out_dir, [i for i, o in enumerate(on_disk) if o in gone], n_rounds - 1)
-        timings["write"] = time.monotonic() - t_write
+        summary = run.write(current_dir, out_dir, plan.rounds - 1)
+        run.timings["write"] = time.monotonic() - t_write
     finally:
-        scorer.release()
+        run.scorer.release()
         shutil.rmtree(rounds_dir, ignore_errors=True)
-    hooks.progress(n_rounds, n_rounds, f"removed {len(removed_total)} of {num_layers} layers")
-    timings["total"] = time.monotonic() - t_start
-    calibration = calibration_provenance(scorer.calibration, spec) if scorer.calibration is not None else None
+    hooks.progress(plan.rounds, plan.rounds, f"removed {plan.removed} of {plan.num_layers} layers")
+    run.timings["total"] = time.monotonic() - t_start
+    calibration = run.scorer.calibration
     return PruneResult(
-        removed_layers=sorted(removed_total),
-        layer_scores=layer_scores,
-        metric=metric,
+        removed_layers=sorted(run.numbering.removed),
+        layer_scores=run.layer_scores,
+        metric=spec.metric,
         semantics=spec.semantics,
-        rounds=rounds,
-        num_layers_before=num_layers,
-        num_layers_after=num_layers - len(removed_total),
+        rounds=run.rounds,
+        num_layers_before=plan.num_layers,
+        num_layers_after=plan.remaining,
         params_before=params_before,
         params_after=int(summary["params_after"]),
-        calibration=calibration,
-        timings=timings,
-        streamed=metric in ON_DISK_METRICS and spec.replacement is None,
-        replacement=_merge_replacements(replaced),
+        calibration=calibration_provenance(calibration, spec) if calibration is not None else None,
+        timings=run.timings,
+        streamed=not run.info.needs_model and spec.replacement is None,
+        replacement=_merge_replacements(run.replaced),
     )
 
 
@@ -339,7 +377,7 @@ def scores_cache_key(spec: PruneSpec, model_id: str, block_size: int, device: An
 
     metric = spec.metric
     key: dict[str, Any] = {"model": model_id, "metric": metric, "semantics": spec.semantics}
-    if metric in CALIBRATED_METRICS:
+    if metric_info(metric).needs_model:
         # The forward passes' device and dtype change the figures (bf16 on a GPU, fp32 on a CPU).
         dev = pick_device() if device is None else torch.device(device)
         key.update(calibration=spec.calibration.model_dump(mode="json"), device=dev.type,
@@ -351,8 +389,6 @@ def scores_cache_key(spec: PruneSpec, model_id: str, block_size: int, device: An
 
 def _cached_first_scores(scorer: _Scorer, source_dir: Path, block_size: int, cache: ResultCache,
                          model_id: str) -> list[float | None]:
-    from layerprune.core.scoring.cache import LAYER_SCORES, cache_key
-
     hooks, metric = scorer.hooks, scorer.spec.metric
     key = scores_cache_key(scorer.spec, model_id, block_size, scorer.device)
     n = len(scorer.file_scores) if scorer.file_scores is not None else num_layers_of(check_model_dir(source_dir))

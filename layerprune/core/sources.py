@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
+from layerprune.core import refs
 from layerprune.core.errors import (
     ModelSourceError,
     PickleOnlyRefusedError,
@@ -35,7 +36,7 @@ from layerprune.core.errors import (
 SourceKind = Literal["bundled", "local", "hub", "job"]
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95})?$")
-JOB_REF = re.compile(r"^job:([A-Za-z0-9_\-]{1,128})$")
+JOB_REF = re.compile("^" + re.escape(refs.JOB_PREFIX) + r"([A-Za-z0-9_\-]{1,128})$")
 # What a snapshot needs: weights as safetensors, config, tokenizer, generation config, template.
 HUB_SIDE_PATTERNS = [
     "*.safetensors.index.json", "config.json", "generation_config.json",
@@ -129,14 +130,14 @@ def validate_model_ref(ref: str, model_roots: Sequence[Path] | None) -> None:
     bad = next((c for c in ref if ord(c) < 0x20 or ord(c) == 0x7F), None)
     if bad is not None:
         raise SpecError(f"model must not contain control characters (found U+{ord(bad):04X})", param="model")
-    if ref.startswith("bundled:"):
-        if ref.removeprefix("bundled:") not in BUNDLED_MODELS:
+    if refs.is_bundled(ref):
+        if refs.bundled_name(ref) not in BUNDLED_MODELS:
             raise SpecError(
-                f"unknown bundled model '{ref}'; available: " + ", ".join("bundled:" + k for k in BUNDLED_MODELS),
+                f"unknown bundled model '{ref}'; available: " + ", ".join(refs.bundled_ref(k) for k in BUNDLED_MODELS),
                 param="model",
             )
         return
-    if ref.startswith("job:"):
+    if refs.is_job(ref):
         if not JOB_REF.match(ref):
             raise SpecError("a job reference looks like 'job:<job id>'", param="model")
         return
@@ -290,15 +291,15 @@ def resolve_model(ref: str, revision: str | None = None, *, model_roots: Sequenc
     validate_model_ref(ref, model_roots)
     license_: str | None = None
     kind: SourceKind
-    if ref.startswith("bundled:"):
+    if refs.is_bundled(ref):
         kind = "bundled"
         local_dir = bundled_model_dir(ref)
-        license_ = BUNDLED_MODELS[ref.removeprefix("bundled:")].get("license")
-    elif ref.startswith("job:"):
+        license_ = BUNDLED_MODELS[refs.bundled_name(ref)].get("license")
+    elif refs.is_job(ref):
         kind = "job"
         if job_dir is None:
             raise ModelSourceError("job outputs can only be used inside the service", param="model")
-        local_dir = Path(job_dir(ref.removeprefix("job:")))
+        local_dir = Path(job_dir(refs.job_id(ref)))
     else:
         path = local_model_path(ref, model_roots)
         if path is not None:

@@ -3,7 +3,11 @@
 Torch-free on purpose: the API validates specs and publishes their JSON Schema without importing
 torch. Structural problems (wrong type, value out of range) are pydantic errors whose ``loc`` is
 the field's path; checks that need the model's layer count live in :func:`resolve_layer_count`
-and raise :class:`SpecError` naming the field.
+and core/layer_plan.py (which the API and the worker both call) and raise :class:`SpecError`
+naming the field.
+
+The spec is the model and the stages only: what a service keeps beside it (webhook, metadata,
+priority, the queue) is the service's (api/schemas.py ``JobCreate``).
 
 Defaults follow Lu et al. 2024 (docs/methods.md): reverse-order removal of 25% of layers, then
 partial healing of lm_head + final norm + the last 3 remaining layers (AdamW, lr 1e-5, 2 epochs,
@@ -13,11 +17,13 @@ batch 64 = 4 x 16, 100 warm-up steps, cutoff 256, seed 42).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from layerprune.core import refs
 from layerprune.core.errors import SpecError
 
 BUNDLED_MODEL = "bundled:smollm2-135m-instruct"
@@ -45,13 +51,19 @@ TaskName = Literal[
     "arc_easy", "arc_challenge", "piqa", "hellaswag", "openbookqa", "winogrande", "boolq", "mmlu",
     "gsm8k", "gsm8k_cot", "lambada_openai", "triviaqa", "nq_open",
 ]
+# The task names of the whole project: core/evaluate's task tables are checked against these.
 TASKS: tuple[str, ...] = TaskName.__args__  # type: ignore[attr-defined]
 GENERATIVE_TASKS: tuple[str, ...] = ("gsm8k", "gsm8k_cot", "lambada_openai", "triviaqa", "nq_open")
+MULTIPLE_CHOICE_TASKS: tuple[str, ...] = tuple(t for t in TASKS if t not in GENERATIVE_TASKS)
+if not set(GENERATIVE_TASKS) <= set(TASKS):  # pragma: no cover - a task added to one list only
+    raise RuntimeError("GENERATIVE_TASKS names a task TaskName does not")
 
 NonNegInt = Annotated[int, Field(ge=0)]
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """Base of every spec model (the service's request model builds on it too)."""
+
     # Unknown fields are errors: a typo in a spec must not silently fall back to a default.
     # Infinity and NaN are refused in every float field (JSON parsers accept them; no setting means them).
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -86,7 +98,7 @@ def _unstorable(value: Any) -> tuple[str, str] | None:
     return None
 
 
-class CalibrationSpec(_Strict):
+class CalibrationSpec(StrictModel):
     """Text the data-driven metrics (taylor, ppl, block_influence, angular) score on.
 
     The default is a calibration split of bundled Wikipedia paragraphs that is disjoint from
@@ -103,7 +115,7 @@ class CalibrationSpec(_Strict):
 ReplaceMethod = Literal["none", "linear"]
 
 
-class ReplaceSpec(_Strict):
+class ReplaceSpec(StrictModel):
     """Replace each contiguous run of removed blocks by one linear map folded into the kept block
     before it (docs/methods.md §6). ``"linear"`` in a spec is short for ``{"method": "linear"}``."""
 
@@ -140,7 +152,7 @@ def _replace_schema(schema: dict[str, Any]) -> None:
     schema["anyOf"] = [obj, {"type": "string", "enum": list(REPLACE_METHODS)}]
 
 
-class PruneSpec(_Strict):
+class PruneSpec(StrictModel):
     """Which layers to remove and how to choose them (docs/methods.md §1)."""
 
     metric: Metric = "reverse_order"
@@ -212,7 +224,7 @@ class PruneSpec(_Strict):
         return self
 
 
-class FinetuneSpec(_Strict):
+class FinetuneSpec(StrictModel):
     """Healing after pruning (docs/methods.md §3); the paper's values by default."""
 
     method: FinetuneMethod = "partial"
@@ -272,7 +284,7 @@ class FinetuneSpec(_Strict):
 def _bundled_name(ref: str) -> str:
     from layerprune.core.bundled import TEXT_ALIASES
 
-    name = ref.removeprefix("bundled:")
+    name = refs.bundled_name(ref)
     return TEXT_ALIASES.get(name, name)
 
 
@@ -280,7 +292,7 @@ def _check_bundled_format(spec: FinetuneSpec) -> None:
     """A bundled data set has one format: say so now rather than fail on its first row in the worker."""
     from layerprune.core.bundled import INSTRUCTION_SETS, TEXT_SETS
 
-    if not spec.dataset.startswith("bundled:"):
+    if not refs.is_bundled(spec.dataset):
         return
     name = _bundled_name(spec.dataset)
     if name in TEXT_SETS and spec.format != "text":
@@ -309,14 +321,14 @@ def _check_distill(spec: FinetuneSpec) -> None:
                         param="finetune.distill_hidden_weight")
 
 
-class PerplexitySpec(_Strict):
+class PerplexitySpec(StrictModel):
     dataset: str = DEFAULT_PERPLEXITY_DATASET
     seq_len: int = Field(128, ge=2, le=1_048_576)
     # Cap on windows scored; None scores the whole text.
     max_windows: int | None = Field(None, ge=1)
 
 
-class SpeedSpec(_Strict):
+class SpeedSpec(StrictModel):
     """Measured throughput: prefill and greedy decode tokens/s at each batch size, before and after.
 
     The defaults take seconds on a 135M model on CPU and are still meaningful on a GPU.
@@ -337,7 +349,7 @@ class SpeedSpec(_Strict):
         return v
 
 
-class SamplesSpec(_Strict):
+class SamplesSpec(StrictModel):
     """A few fixed prompts the model answers greedily, before and after (samples.py)."""
 
     prompts: list[Annotated[str, Field(min_length=1, max_length=4000)]] = Field(..., min_length=1, max_length=8)
@@ -346,7 +358,7 @@ class SamplesSpec(_Strict):
     chat_template: bool | None = None
 
 
-class EvaluateSpec(_Strict):
+class EvaluateSpec(StrictModel):
     perplexity: PerplexitySpec | None = None
     tasks: list[TaskName] = Field(default_factory=list)
     limit: int | None = Field(None, ge=1)
@@ -398,19 +410,7 @@ class EvaluateSpec(_Strict):
         return self
 
 
-class WebhookSpec(_Strict):
-    url: str = Field(..., min_length=1, max_length=2048)
-    secret: str | None = Field(None, max_length=512)
-
-    @field_validator("url")
-    @classmethod
-    def _http(cls, v: str) -> str:
-        if not (v.startswith("http://") or v.startswith("https://")):
-            raise ValueError("webhook url must be http:// or https://")
-        return v
-
-
-class JobSpec(_Strict):
+class JobSpec(StrictModel):
     """A whole job: a base model and at least one stage (prune → finetune → evaluate)."""
 
     model: str = Field(BUNDLED_MODEL, min_length=1, max_length=1024)
@@ -418,9 +418,6 @@ class JobSpec(_Strict):
     prune: PruneSpec | None = None
     finetune: FinetuneSpec | None = None
     evaluate: EvaluateSpec | None = None
-    webhook: WebhookSpec | None = None
-    metadata: dict[str, str] = Field(default_factory=dict)
-    priority: int = Field(0, ge=-100, le=100, strict=True)  # strict: `false` or "5" is not a priority
 
     @model_validator(mode="after")
     def _has_stage(self) -> JobSpec:
@@ -429,30 +426,61 @@ class JobSpec(_Strict):
         if self.prune and self.prune.heal_between_rounds and not self.finetune:
             raise SpecError("heal_between_rounds needs a finetune stage", param="prune.heal_between_rounds")
         if (self.finetune is not None and self.finetune.method != "none" and self.evaluate is not None
-                and self.evaluate.perplexity is not None and self.finetune.dataset.startswith("bundled:")
+                and self.evaluate.perplexity is not None and refs.is_bundled(self.finetune.dataset)
                 and _bundled_name(self.finetune.dataset) == _bundled_name(self.evaluate.perplexity.dataset)):
             # Healing on the very text perplexity is measured on would report a memorised score.
             raise SpecError(f"finetune.dataset {self.finetune.dataset} is the perplexity evaluation text; heal on "
                             "bundled:wikipedia-train (disjoint from it)", param="finetune.dataset")
-        if len(self.metadata) > 64:
-            raise SpecError("metadata holds at most 64 keys", param="metadata")
         return self
 
-    @property
-    def needs_gpu(self) -> bool:
-        """Whether the job belongs on the ``gpu`` queue (anything beyond copy-and-rename work)."""
-        if self.finetune is not None and self.finetune.method != "none":
-            return True
-        if self.prune is not None and self.prune.metric in ("taylor", "ppl", "block_influence", "angular"):
-            return True
-        if self.prune is not None and self.prune.replacement is not None:
-            return True  # fitting the maps needs a forward pass over the calibration data
-        if self.evaluate is not None and (self.evaluate.limit is None or self.evaluate.limit > 200):
-            return True
-        # Generation costs hundreds of forward passes per example: only a handful stay on a CPU.
-        if self.evaluate is not None and self.evaluate.limit > 25 and set(self.evaluate.tasks) & set(GENERATIVE_TASKS):
-            return True
-        return False
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> JobSpec:
+        """The spec of a stored job. The service stores its request body, which adds fields of its
+        own (webhook, metadata, priority) beside the spec's: core takes its fields only."""
+        return cls.model_validate({k: v for k, v in data.items() if k in cls.model_fields})
+
+    def dataset_refs(self) -> dict[str, str]:
+        """``{field path: reference}`` of every data set the spec names, in stage order: each may be
+        bundled, an uploaded file (``file_…``), a local path or a hub id (core/refs.py)."""
+        dumped = self.model_dump(include=_DATASET_ROOTS)
+        out: dict[str, str] = {}
+        for path in DATASET_FIELDS:
+            value = field_at(dumped, path)
+            if isinstance(value, str):
+                out[path] = value
+        return out
+
+    def with_datasets(self, replace: Mapping[str, str]) -> JobSpec:
+        """The spec with each data-set reference found in ``replace`` swapped for its value
+        (the worker swaps uploaded-file ids for the files' local paths)."""
+        swapped = {path: replace[ref] for path, ref in self.dataset_refs().items() if ref in replace}
+        if not swapped:
+            return self
+        data = self.model_dump(mode="json")
+        for path, value in swapped.items():
+            *parents, leaf = path.split(".")
+            node = data
+            for part in parents:
+                node = node[part]
+            node[leaf] = value
+        return type(self).model_validate(data)
+
+
+# Every field that names a data set (an uploaded file, a bundled set, a path): the one list the
+# database (files in use), the worker (files to resolve), the pipeline and the API read.
+DATASET_FIELDS: tuple[str, ...] = ("prune.calibration.dataset", "finetune.dataset", "evaluate.perplexity.dataset",
+                                   "evaluate.gsm8k_train")
+_DATASET_ROOTS = frozenset(path.split(".")[0] for path in DATASET_FIELDS)
+
+
+def field_at(data: Any, path: str) -> Any:
+    """The value at dotted ``path`` of a dumped (or stored) spec, None where any part is missing."""
+    node = data
+    for part in path.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
 
 
 def resolve_layer_count(prune: PruneSpec, num_layers: int) -> int:

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from layerprune.core import bundled
+from layerprune.core import bundled, refs
 from layerprune.core.errors import DatasetError
 
 TEXT_FIELDS = ("text", "content", "passage", "document")
@@ -26,7 +26,7 @@ TEXT_FIELDS = ("text", "content", "passage", "document")
 
 def is_hub_id(ref: str) -> bool:
     return (
-        not ref.startswith(("bundled:", "/", ".", "~", "file_"))
+        not ref.startswith((refs.BUNDLED_PREFIX, "/", ".", "~", refs.FILE_PREFIX))
         and ref.count("/") == 1
         and not os.path.exists(ref)
     )
@@ -64,8 +64,8 @@ def _split_paragraphs(text: str) -> list[str]:
 
 def load_rows(ref: str, *, param: str | None = None, split: str = "train") -> list[dict[str, Any]]:
     """Rows (dicts) of a data set reference. Plain text gives ``{"text": paragraph}`` rows."""
-    if ref.startswith("bundled:"):
-        name = ref.removeprefix("bundled:")
+    if refs.is_bundled(ref):
+        name = refs.bundled_name(ref)
         if name in bundled.INSTRUCTION_SETS:
             return bundled.bundled_instructions(ref)  # type: ignore[return-value]
         try:

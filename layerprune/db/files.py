@@ -7,33 +7,22 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from layerprune.core import refs
+from layerprune.core.spec import DATASET_FIELDS, field_at
 from layerprune.db import ids
 from layerprune.db.jobs import Page
 from layerprune.db.models import File, Job
 from layerprune.queue.status import LIVE_STATUSES
 
-# Where a job spec may name a file (``file_…``), as JSON paths for error messages.
-FILE_FIELDS = ("finetune.dataset", "prune.calibration.dataset", "evaluate.perplexity.dataset",
-               "evaluate.gsm8k_train")
-
-
-def spec_value(spec: dict[str, Any], path: str) -> Any:
-    node: Any = spec
-    for part in path.split("."):
-        if not isinstance(node, dict):
-            return None
-        node = node.get(part)
-    return node
-
 
 def file_refs(spec: dict[str, Any]) -> dict[str, str]:
-    """``{json path: file id}`` for every uploaded file a spec names."""
-    refs = {}
-    for path in FILE_FIELDS:
-        value = spec_value(spec, path)
-        if isinstance(value, str) and value.startswith(ids.FILE + "_"):
-            refs[path] = value
-    return refs
+    """``{json path: file id}`` for every uploaded file a stored spec names (core's data-set fields)."""
+    refs_ = {}
+    for path in DATASET_FIELDS:
+        value = field_at(spec, path)
+        if isinstance(value, str) and refs.is_file(value):
+            refs_[path] = value
+    return refs_
 
 
 def get_file(session: Session, tenant: str, file_id: str) -> File | None:

@@ -23,9 +23,9 @@ from layerprune.core.spec import (
     FinetuneObjective,
     Metric,
     ReplaceMethod,
-    WebhookSpec,
     _Strict,
 )
+from layerprune.service_fields import Priority, WebhookSpec
 
 # Set by the axes, so not allowed among the shared settings next to them.
 AXIS_PRUNE_FIELDS = ("metric", "ratio", "num_layers", "layers", "replace")
@@ -101,7 +101,7 @@ class StudySpec(_Strict):
     quality: Literal["mean_acc", "perplexity"] | None = None
     webhook: WebhookSpec | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
-    priority: int = Field(0, ge=-100, le=100)
+    priority: Priority = 0
 
     @model_validator(mode="after")
     def _check(self) -> StudySpec:

@@ -10,13 +10,14 @@
   then the artifact rows and ``succeeded`` commit in one transaction. If that commit is refused
   (cancelled meanwhile) the published copy is deleted: a failed or cancelled job exposes nothing.
 
-Outcomes: typed core errors → failed {code, message}; Cancelled → cancelled; anything else →
-failed ``internal_error`` with a reference; the traceback goes to the server log only.
+Outcomes: typed core errors → failed {code, message}; Cancelled → cancelled; a full disk, of the
+scratch space or the store, → ``disk_full`` and another store failure → ``storage_error`` (both
+classified by ``storage_failure`` alone); anything else → failed ``internal_error`` with a
+reference; the traceback goes to the server log only. Each run is an :class:`Attempt`.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import shutil
@@ -25,20 +26,23 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
 from layerprune.artifact_store import get_store
+from layerprune.core import refs
 from layerprune.core.errors import Cancelled, DatasetError, LayerPruneError, ModelSourceError
 from layerprune.core.pipeline import run_pipeline, stages_of
 from layerprune.core.spec import JobSpec
 from layerprune.db.models import File, Job
 from layerprune.queue.transitions import cancel_finish, claim_job, fail_job, finish_job
 from layerprune.settings import Settings, get_settings
-from layerprune.storage import ArtifactStore
-from layerprune.storage_s3 import storage_failure
+from layerprune.storage import ArtifactStore, StoredFile
+from layerprune.storage_s3 import DiskFullError, storage_failure
+from layerprune.worker.cache import FileResultCache
 from layerprune.worker.heartbeat import Heartbeat
 from layerprune.worker.hooks import JobReporter
 
@@ -66,25 +70,11 @@ def _retrying(fn: Callable[[], Any], what: str, patience: float = FINAL_WRITE_PA
             delay = min(delay * 2, 10.0)
 
 
-def _dataset_refs(spec: JobSpec) -> list[tuple[str, str]]:
-    """(ref, spec param) of every data set the spec names."""
-    refs: list[tuple[str, str]] = []
-    if spec.prune is not None:
-        refs.append((spec.prune.calibration.dataset, "prune.calibration.dataset"))
-    if spec.finetune is not None:
-        refs.append((spec.finetune.dataset, "finetune.dataset"))
-    if spec.evaluate is not None and spec.evaluate.perplexity is not None:
-        refs.append((spec.evaluate.perplexity.dataset, "evaluate.perplexity.dataset"))
-    if spec.evaluate is not None and spec.evaluate.gsm8k_train is not None:
-        refs.append((spec.evaluate.gsm8k_train, "evaluate.gsm8k_train"))
-    return refs
-
-
 def resolve_files(session: Any, tenant: str, spec: JobSpec) -> dict[str, Path]:
     """Map the spec's uploaded-file refs ("file_…") to their stored paths (same tenant only)."""
     out: dict[str, Path] = {}
-    for ref, param in _dataset_refs(spec):
-        if not ref.startswith("file_") or ref in out:
+    for param, ref in spec.dataset_refs().items():
+        if not refs.is_file(ref) or ref in out:
             continue
         row = session.execute(
             select(File.storage_path).where(File.id == ref, File.tenant == tenant, File.deleted_at.is_(None))
@@ -97,7 +87,7 @@ def resolve_files(session: Any, tenant: str, spec: JobSpec) -> dict[str, Path]:
 
 def resolve_job_model(session: Any, tenant: str, ref: str, store: ArtifactStore) -> Path:
     """``job:<id>`` → the published output directory of that succeeded job of the same tenant."""
-    other_id = ref.removeprefix("job:")
+    other_id = refs.job_id(ref)
     row = session.execute(select(Job.status, Job.result).where(Job.id == other_id, Job.tenant == tenant)).first()
     if row is None:
         raise ModelSourceError(f"job '{other_id}' not found", param="model")
@@ -137,85 +127,119 @@ def run_job(job_id: str, *, settings: Settings | None = None, session_factory: C
         if job is None:
             log.info("job %s: not claimable (taken, finished or unknown); message dropped", job_id)
             return None
-        tenant, raw_spec, attempt = job.tenant, dict(job.spec), job.attempts
+        tenant, raw_spec, number = job.tenant, dict(job.spec), job.attempts
 
     stop = threading.Event()
     beat = Heartbeat(session_factory, job_id, worker_id, lease_s=settings.lease_seconds,
                      interval=settings.heartbeat_seconds, poll=min(1.0, settings.heartbeat_seconds), stop=stop)
     beat.start()
-    work_dir = settings.work_dir / job_id
-    prefix = f"{tenant}/{job_id}"
+    attempt = Attempt(job_id=job_id, worker_id=worker_id, tenant=tenant, raw_spec=raw_spec, number=number,
+                      settings=settings, sessions=session_factory, store=store, stop=stop)
     try:
-        status = _attempt(job_id, worker_id, tenant, raw_spec, attempt, settings, session_factory, store,
-                          stop, work_dir, prefix)
+        status = attempt.run()
     finally:
         beat.close()
     if status in ("failed", "cancelled"):
         # This worker ended the job without success: no published copy may remain. (A worker
         # whose job was taken away deletes nothing: the files may be the new owner's.)
-        store.delete_prefix(prefix)
+        store.delete_prefix(attempt.prefix)
     if status in ("succeeded", "failed", "cancelled"):
         # Scratch space only matters for a retry; a terminal job never retries.
-        shutil.rmtree(work_dir, ignore_errors=True)
+        shutil.rmtree(attempt.work_dir, ignore_errors=True)
     return status
 
 
-def _attempt(job_id: str, worker_id: str, tenant: str, raw_spec: dict[str, Any], attempt: int,
-             settings: Settings, sf: Callable[[], Any], store: ArtifactStore, stop: threading.Event,
-             work_dir: Path, prefix: str) -> str | None:
-    def terminal(fn: Callable[..., bool], *args: Any) -> bool:
-        def call() -> bool:
-            with sf() as s:
-                return fn(s, job_id, worker_id, *args)
+@dataclass
+class Attempt:
+    """One claimed attempt at one job, from the stored spec to exactly one terminal write."""
 
-        return bool(_retrying(call, f"job {job_id}: {fn.__name__}"))
+    job_id: str
+    worker_id: str
+    tenant: str
+    raw_spec: dict[str, Any]  # the job's stored spec (the request body, service fields included)
+    number: int  # 1 for the first attempt
+    settings: Settings
+    sessions: Callable[[], Any]
+    store: ArtifactStore
+    stop: threading.Event  # set by the heartbeat when a cancel is requested
 
-    def fail(code: str, message: str, data: dict[str, Any] | None = None) -> str | None:
-        if terminal(fail_job, code, message, data):
-            return "failed"
-        # Not this worker's running job any more: cancelling (→ cancelled) or taken away.
-        return "cancelled" if terminal(cancel_finish) else None
+    @property
+    def work_dir(self) -> Path:
+        return self.settings.work_dir / self.job_id
 
-    try:
-        spec = JobSpec.model_validate(raw_spec)
-        reporter = JobReporter(sf, job_id, worker_id, stages_of(spec), stop,
-                               interval=settings.progress_event_interval_seconds)
+    @property
+    def prefix(self) -> str:
+        """Where the job's artifacts are published in the store."""
+        return f"{self.tenant}/{self.job_id}"
+
+    def run(self) -> str | None:
+        """The terminal status this attempt wrote, or None when the job was taken away."""
+        try:
+            return self._succeed(*self._execute())
+        except Cancelled:
+            return self._cancelled()
+        except LayerPruneError as exc:
+            log.info("job %s failed: %s (%s)", self.job_id, exc.message, exc.code)
+            return self._fail(exc.code, exc.message, {"param": exc.param} if exc.param else None)
+        except Exception as exc:  # noqa: BLE001 - the job must still end in one terminal state
+            return self._crashed(exc)
+
+    def _execute(self) -> tuple[dict[str, Any], list[StoredFile]]:
+        """Run the pipeline and publish its output: the job result and the stored files."""
+        spec = JobSpec.from_stored(self.raw_spec)
+        reporter = JobReporter(self.sessions, self.job_id, self.worker_id, stages_of(spec), self.stop,
+                               interval=self.settings.progress_event_interval_seconds)
         hooks = reporter.hooks()
-        if attempt > 1:
-            hooks.info(f"attempt {attempt}: resuming from the stages finished before")
-        with sf() as s:
-            dataset_paths = resolve_files(s, tenant, spec)
-            model_path = resolve_job_model(s, tenant, spec.model, store) if spec.model.startswith("job:") else None
+        if self.number > 1:
+            hooks.info(f"attempt {self.number}: resuming from the stages finished before")
+        with self.sessions() as s:
+            dataset_paths = resolve_files(s, self.tenant, spec)
+            model_path = resolve_job_model(s, self.tenant, spec.model, self.store) if refs.is_job(spec.model) else None
         hooks.check()
-        source = _resolve_source(spec, model_path, settings)
-        from layerprune.worker.cache import FileResultCache
-
-        result = run_pipeline(spec, source, work_dir, hooks, dataset_paths=dataset_paths, on_stage=reporter.on_stage,
-                              cache=FileResultCache(settings.effective_cache_dir))
+        source = _resolve_source(spec, model_path, self.settings)
+        result = run_pipeline(spec, source, self.work_dir, hooks, dataset_paths=dataset_paths,
+                              on_stage=reporter.on_stage, cache=FileResultCache(self.settings.effective_cache_dir))
         hooks.check()
         try:
-            stored = store.put_dir(work_dir / "output", prefix)
+            stored = self.store.put_dir(self.work_dir / "output", self.prefix)
         except OSError as exc:  # full disk / store unreachable: a clear code (disk_full, storage_error)
             raise storage_failure(exc) from exc
         result["artifacts"] = [{"path": f["path"], "size_bytes": f["size_bytes"], "sha256": f["sha256"]}
                                for f in stored]
-        if terminal(finish_job, result, stored):
+        return result, stored
+
+    def _terminal(self, fn: Callable[..., bool], *args: Any) -> bool:
+        """A terminal write for this worker's claim, retried while the database is unreachable."""
+        def call() -> bool:
+            with self.sessions() as s:
+                return fn(s, self.job_id, self.worker_id, *args)
+
+        return bool(_retrying(call, f"job {self.job_id}: {fn.__name__}"))
+
+    def _succeed(self, result: dict[str, Any], stored: list[StoredFile]) -> str | None:
+        if self._terminal(finish_job, result, stored):
             return "succeeded"
-        return "cancelled" if terminal(cancel_finish) else None
-    except Cancelled:
-        return "cancelled" if terminal(cancel_finish) else None
-    except LayerPruneError as exc:
-        log.info("job %s failed: %s (%s)", job_id, exc.message, exc.code)
-        return fail(exc.code, exc.message, {"param": exc.param} if exc.param else None)
-    except Exception as exc:  # noqa: BLE001 - the job must still end in one terminal state
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return fail("disk_full", f"no space left on the worker's disk: {exc}")
+        return self._cancelled()
+
+    def _cancelled(self) -> str | None:
+        # Not this worker's running job any more: cancelling (→ cancelled) or taken away (None).
+        return "cancelled" if self._terminal(cancel_finish) else None
+
+    def _fail(self, code: str, message: str, data: dict[str, Any] | None = None) -> str | None:
+        if self._terminal(fail_job, code, message, data):
+            return "failed"
+        return self._cancelled()
+
+    def _crashed(self, exc: Exception) -> str | None:
+        if isinstance(exc, OSError) and isinstance(full := storage_failure(exc), DiskFullError):
+            return self._fail(full.code, full.message)  # the scratch disk filled up during a stage
         if type(exc).__name__ == "SoftTimeLimitExceeded":
-            return fail("time_limit_exceeded", f"the job ran past the time limit of {settings.task_soft_time_limit}s")
+            return self._fail("time_limit_exceeded",
+                              f"the job ran past the time limit of {self.settings.task_soft_time_limit}s")
         # The traceback and the exception's text (paths, hosts, SQL, other tenants' names...) go
         # to the server log only; the tenant gets a reference that finds that log record.
         reference = "err_" + uuid.uuid4().hex[:16]
-        log.error("job %s crashed (reference %s)", job_id, reference, exc_info=exc,
-                  extra={"job_id": job_id, "tenant": tenant, "error_reference": reference})
-        return fail("internal_error", f"internal error (reference {reference}); the service's operators "
-                                      "can find its details in the server logs", {"reference": reference})
+        log.error("job %s crashed (reference %s)", self.job_id, reference, exc_info=exc,
+                  extra={"job_id": self.job_id, "tenant": self.tenant, "error_reference": reference})
+        return self._fail("internal_error", f"internal error (reference {reference}); the service's operators "
+                                            "can find its details in the server logs", {"reference": reference})

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from layerprune.api.schemas import JobCreate
 from layerprune.cli.remote import load_spec
 from layerprune.client import LayerPruneClient
-from layerprune.core.spec import JobSpec
 from layerprune.settings import Settings
 from tests.cli.conftest import KEY_A, Live
 
@@ -46,7 +46,7 @@ def test_example_specs_are_valid(path: Path) -> None:
 
         StudySpec.model_validate(load_spec(str(path)))
         return
-    JobSpec.model_validate(load_spec(str(path)))
+    JobCreate.model_validate(load_spec(str(path)))  # a request body: the spec and the service fields
 
 
 def test_curl_urls_with_brackets_turn_off_globbing() -> None:

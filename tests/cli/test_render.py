@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from layerprune.api.schemas import JobCreate
 from layerprune.cli import main
 from layerprune.cli.demo import demo_spec
 from layerprune.cli.progress import ProgressView
@@ -21,7 +22,6 @@ from layerprune.cli.render import (
     summary_table,
 )
 from layerprune.client import Event, Job, _parse_sse
-from layerprune.core.spec import JobSpec
 
 DATA = Path(__file__).parent / "data"
 
@@ -207,8 +207,9 @@ def test_sse_parser() -> None:
 
 
 def test_demo_specs_are_the_recommended_and_the_papers_recipe_and_valid() -> None:
-    rec = JobSpec.model_validate(demo_spec("recommended"))
-    paper = JobSpec.model_validate(demo_spec("paper"))
+    # Request bodies: the spec and the service fields (metadata).
+    rec = JobCreate.model_validate(demo_spec("recommended"))
+    paper = JobCreate.model_validate(demo_spec("paper"))
     for parsed in (rec, paper):
         assert parsed.model == "bundled:smollm2-135m-instruct"
         assert parsed.prune is not None and parsed.prune.num_layers == 7

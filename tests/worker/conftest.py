@@ -52,16 +52,6 @@ def new_job(sessions, spec=None, *, tenant="t1", queue="cpu", max_attempts=2) ->
         return job.id
 
 
-@pytest.fixture(scope="session")
-def tiny_root(tmp_path_factory):
-    """A model root holding ``tiny`` (a saved tiny Llama)."""
-    from tests.tiny import save_tiny
-
-    root = tmp_path_factory.mktemp("models")
-    save_tiny(root / "tiny", "llama")
-    return root
-
-
 @pytest.fixture
 def private_redis():
     import shutil

@@ -112,10 +112,11 @@ class Service:
 
     # ---- jobs --------------------------------------------------------------------------
     def spec(self, **stages: Any) -> dict[str, Any]:
-        from layerprune.core.spec import JobSpec
+        from layerprune.api.schemas import JobCreate
 
+        # The stored body, as POST /v1/jobs stores it: the spec and the service fields (priority ...).
         body = {"model": str(self.model_root / "tiny"), **stages}
-        return JobSpec.model_validate(body).model_dump(mode="json")
+        return JobCreate.model_validate(body).model_dump(mode="json")
 
     def submit(self, spec: dict[str, Any], *, tenant: str = "tenant-a", queue: str = "cpu",
                max_attempts: int = 3, send: bool = True) -> str:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import threading
 
 import pytest
 from sqlalchemy import select
 
+from layerprune.core.bundled import bundled_text
 from layerprune.core.spec import JobSpec
 from layerprune.db.models import Artifact, File, Job, JobEvent
+from layerprune.queue.transitions import claim_job
 from layerprune.settings import Settings
 from layerprune.storage import LocalStore
-from layerprune.worker.runner import run_job
+from layerprune.worker.runner import Attempt, run_job
 from tests.worker.conftest import new_job
 
 PRUNE = {"metric": "reverse_order", "num_layers": 2}
@@ -132,3 +136,47 @@ def test_uploaded_file_refs(env, tiny_root, tmp_path):
         bad = new_job(sf, _spec(tiny_root, finetune={**train, "dataset": ref}), tenant=tenant)
         assert _run(env, bad) == "failed"
         assert _job(env, bad).error["code"] == "invalid_dataset"
+
+
+def test_an_uploaded_calibration_file_is_resolved_by_the_worker(env, tiny_root, tmp_path):
+    settings, sf, _ = env
+    text = tmp_path / "calibration.txt"
+    text.write_text("\n\n".join(bundled_text("wikipedia-train")[:40]))
+    with sf() as s:
+        s.add(File(id="file_cal", tenant="t1", filename="calibration.txt", purpose="calibration", size_bytes=1,
+                   sha256="0" * 64, num_records=40, storage_path=str(text)))
+        s.commit()
+    calibration = {"dataset": "file_cal", "num_samples": 2, "seq_len": 16}
+    prune = {"metric": "block_influence", "num_layers": 2, "calibration": calibration}
+    ok = new_job(sf, _spec(tiny_root, prune=prune))
+    assert _run(env, ok) == "succeeded", _job(env, ok).error
+    assert _job(env, ok).result["prune"]["calibration"]["dataset"] == str(text)
+    for ref, tenant in (("file_missing", "t1"), ("file_cal", "t2")):
+        bad = new_job(sf, _spec(tiny_root, prune={**prune, "calibration": {**calibration, "dataset": ref}}),
+                      tenant=tenant)
+        assert _run(env, bad) == "failed"
+        assert _job(env, bad).error["code"] == "invalid_dataset"
+        with sf() as s:
+            last = s.scalars(select(JobEvent).where(JobEvent.job_id == bad).order_by(JobEvent.seq.desc())).first()
+        assert last.data["param"] == "prune.calibration.dataset"
+
+
+def test_a_stored_request_body_with_service_fields_runs(env, tiny_root):
+    """The API stores its whole request body; the worker reads core's spec out of it."""
+    stored = {**_spec(tiny_root, prune=PRUNE), "metadata": {"pipeline": "nightly"}, "priority": 3,
+              "webhook": {"url": "https://hooks.example/x", "secret": "s3cret"}}
+    job_id = new_job(env[1], stored)
+    assert _run(env, job_id) == "succeeded"
+    assert _job(env, job_id).result["removed_layers"] == [6, 7]
+
+
+def test_a_full_scratch_disk_fails_as_disk_full(env, tiny_root):
+    """ENOSPC while a stage writes scratch files maps through the storage failure path: disk_full."""
+    settings, sf, store = env
+    job_id = new_job(sf, _spec(tiny_root, prune=PRUNE))
+    with sf() as s:
+        assert claim_job(s, job_id, "w1", settings.lease_seconds) is not None
+    attempt = Attempt(job_id=job_id, worker_id="w1", tenant="t1", raw_spec={}, number=1, settings=settings,
+                      sessions=sf, store=store, stop=threading.Event())
+    assert attempt._crashed(OSError(errno.ENOSPC, "No space left on device")) == "failed"
+    assert _job(env, job_id).error["code"] == "disk_full"

@@ -15,6 +15,7 @@ from layerprune.api.deps import SessionDep, SettingsDep, TenantDep
 from layerprune.api.errors import ApiError, not_found
 from layerprune.api.job_cache import GENERATION_SCOPE_KEY, JobCache
 from layerprune.api.pagination import AfterQuery, LimitQuery, bad_cursor, envelope
+from layerprune.api.routing import queue_for
 from layerprune.api.schemas import JOB_CREATE_EXAMPLES, JobCreate, JobPublic, JobsPublic, error_responses
 from layerprune.api.validation import metadata_problem, validate_job_spec
 from layerprune.db import idempotency
@@ -72,7 +73,7 @@ def create_job_route(
             response.status_code = 200
             return replayed
     validate_job_spec(session, tenant, spec, settings)
-    queue = "gpu" if spec.needs_gpu else "cpu"
+    queue = queue_for(spec)
     try:
         job = create_job(session, tenant, accepted, queue=queue, max_attempts=settings.max_attempts)
         if idempotency_key:

@@ -16,17 +16,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from layerprune.core import refs
 from layerprune.core.errors import SpecError
 from layerprune.core.evaluate.generative import GEN_TASK_NAMES
 from layerprune.core.evaluate.report import compare_results
-from layerprune.core.evaluate.tasks import TASK_NAMES as MC_TASK_NAMES
 from layerprune.core.hooks import NO_HOOKS, Hooks
-from layerprune.core.spec import EvaluateSpec
+from layerprune.core.spec import TASKS, EvaluateSpec
 
 __all__ = ["TASK_NAMES", "check_evaluate_spec", "compare_results", "evaluate_model", "weights_size_bytes"]
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
-TASK_NAMES: tuple[str, ...] = MC_TASK_NAMES + GEN_TASK_NAMES
+TASK_NAMES: tuple[str, ...] = TASKS
 
 
 def check_evaluate_spec(spec: EvaluateSpec) -> None:
@@ -54,7 +54,7 @@ def check_evaluate_spec(spec: EvaluateSpec) -> None:
         if ppl.max_windows is not None and ppl.max_windows < 1:
             raise SpecError("max_windows must be at least 1", param="evaluate.perplexity.max_windows")
         ref = ppl.dataset
-        if ref.startswith("bundled:") or os.path.exists(os.path.expanduser(ref)):
+        if refs.is_bundled(ref) or os.path.exists(os.path.expanduser(ref)):
             from layerprune.core.evaluate.perplexity import load_perplexity_text
 
             load_perplexity_text(ref)
@@ -72,7 +72,7 @@ def _check_generative_options(spec: EvaluateSpec) -> None:
             raise SpecError("gsm8k_train is only used by task 'gsm8k', which evaluate.tasks does not name",
                             param="evaluate.gsm8k_train")
         ref = spec.gsm8k_train
-        if not ref.startswith("file_"):
+        if not refs.is_file(ref):
             from layerprune.core.evaluate.generative_data import read_gsm8k_train_file
 
             read_gsm8k_train_file(Path(ref), "evaluate.gsm8k_train")

@@ -30,6 +30,7 @@ from layerprune.core.errors import SpecError
 from layerprune.core.evaluate import filters as F
 from layerprune.core.evaluate.generative_data import load_generative_docs, load_gsm8k_train
 from layerprune.core.hooks import NO_HOOKS, Hooks
+from layerprune.core.spec import GENERATIVE_TASKS
 
 # Task definitions are data and torch-free (the API reads them): the generation engine
 # (generate.py, torch) is imported where a model runs.
@@ -182,7 +183,10 @@ GEN_TASKS: dict[str, GenTask] = {
                       "regexes_to_ignore": ("\\b(?:The |the |An |A |The |a |an )",)},
     ),
 }
-GEN_TASK_NAMES: tuple[str, ...] = tuple(GEN_TASKS)
+# The names are the spec's (core/spec.py, one source); each must have a definition here.
+GEN_TASK_NAMES: tuple[str, ...] = GENERATIVE_TASKS
+if set(GEN_TASKS) != set(GEN_TASK_NAMES):  # pragma: no cover - a task named but not defined, or the reverse
+    raise RuntimeError(f"generative tasks defined {sorted(GEN_TASKS)} differ from the spec's {sorted(GEN_TASK_NAMES)}")
 
 
 # ---------------------------------------------------------------------------------------------

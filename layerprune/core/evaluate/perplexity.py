@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from layerprune.core import textdata
+from layerprune.core import refs, textdata
 from layerprune.core.errors import DatasetError, SpecError
 from layerprune.core.evaluate.loaders import is_wikitext_rows, read_wikitext
 from layerprune.core.hooks import NO_HOOKS, Hooks
@@ -36,9 +36,9 @@ PARAM = "evaluate.perplexity.dataset"
 def load_perplexity_text(ref: str, *, param: str = PARAM) -> str:
     """The text a perplexity is measured on, from any supported reference."""
     path = Path(os.path.expanduser(ref))
-    if not ref.startswith("bundled:") and path.suffix.lower() == ".parquet":
+    if not refs.is_bundled(ref) and path.suffix.lower() == ".parquet":
         return read_wikitext(path, param=param)
-    if not ref.startswith("bundled:") and path.is_file() and path.suffix.lower() not in (".json", ".jsonl"):
+    if not refs.is_bundled(ref) and path.is_file() and path.suffix.lower() not in (".json", ".jsonl"):
         # Plain text (e.g. WikiText's wiki.test.raw) is measured exactly as written.
         try:
             text = path.read_text(encoding="utf-8")

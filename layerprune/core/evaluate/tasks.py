@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from layerprune.core.spec import MULTIPLE_CHOICE_TASKS
+
 Doc = dict[str, Any]
 
 
@@ -203,9 +205,11 @@ GROUPS: dict[str, tuple[str, ...]] = {"mmlu": tuple(f"mmlu_{s}" for subs in MMLU
 for _s in MMLU_SUBJECTS:
     TASKS[f"mmlu_{_s}"] = mmlu_subtask(_s)
 
-TASK_NAMES: tuple[str, ...] = (
-    "arc_easy", "arc_challenge", "piqa", "hellaswag", "openbookqa", "winogrande", "boolq", "mmlu",
-)
+# The names are the spec's (core/spec.py, one source); each must have a definition here.
+TASK_NAMES: tuple[str, ...] = MULTIPLE_CHOICE_TASKS
+for _name in TASK_NAMES:
+    if _name not in TASKS and _name not in GROUPS:  # pragma: no cover - a task named but not defined
+        raise RuntimeError(f"multiple-choice task '{_name}' has no definition in core/evaluate/tasks.py")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from layerprune.core.errors import SpecError
 from layerprune.core.hooks import NO_HOOKS, Hooks
 from layerprune.core.scoring.choose import choose_layers
+from layerprune.core.scoring.registry import METRIC_REGISTRY, MetricInfo, metric_info
 
 if TYPE_CHECKING:
     import torch
@@ -26,49 +27,27 @@ if TYPE_CHECKING:
     from layerprune.core.spec import CalibrationSpec
 
 __all__ = [
-    "SCORERS",
+    "METRIC_REGISTRY",
+    "MetricInfo",
     "calibration_batches",
     "choose_layers",
     "magnitude_scores_from_files",
+    "metric_info",
     "needs_calibration",
     "needs_model",
     "score_layers",
 ]
 
-# metric -> "module:function" of its scorer; None: the metric has no scores (position, seed, list).
-SCORERS: dict[str, str | None] = {
-    "reverse_order": None,
-    "random": None,
-    "manual": None,
-    "magnitude_l1": "layerprune.core.scoring.magnitude:magnitude_scores",
-    "magnitude_l2": "layerprune.core.scoring.magnitude:magnitude_scores",
-    "taylor": "layerprune.core.scoring.taylor:taylor_scores",
-    "ppl": "layerprune.core.scoring.perplexity:ppl_scores",
-    "block_influence": "layerprune.core.scoring.similarity:block_influence_scores",
-    "angular": "layerprune.core.scoring.similarity:angular_scores",
-}
-for _name in SCORERS:
-    assert _name == _name.lower() and _name.isidentifier(), _name
-
-_CALIBRATED = frozenset({"taylor", "ppl", "block_influence", "angular"})
-_NO_MODEL = frozenset({"reverse_order", "random", "manual", "magnitude_l1", "magnitude_l2"})
 SEMANTICS = ("paper", "reference_code")
 
 
-def _check_metric(metric: str) -> None:
-    if metric not in SCORERS:
-        raise SpecError(f"unknown metric '{metric}' (one of {', '.join(SCORERS)})", param="prune.metric")
-
-
 def needs_calibration(metric: str) -> bool:
-    _check_metric(metric)
-    return metric in _CALIBRATED
+    return metric_info(metric).needs_calibration
 
 
 def needs_model(metric: str) -> bool:
     """False where the layers can be chosen without loading the model (position, seed, files)."""
-    _check_metric(metric)
-    return metric not in _NO_MODEL
+    return metric_info(metric).needs_model
 
 
 def _resolve(target: str) -> Any:
@@ -87,10 +66,10 @@ def score_layers(
     batch_size: int | None = None,
 ) -> list[float | None]:
     """One score per current decoder layer (angular: per block start); lower = removed first."""
-    _check_metric(metric)
+    info = metric_info(metric)
     if semantics not in SEMANTICS:
         raise SpecError(f"unknown semantics '{semantics}' (one of {', '.join(SEMANTICS)})", param="prune.semantics")
-    target = SCORERS[metric]
+    target = info.scorer
     if target is None:
         from layerprune.core.architecture import find_decoder_parts
 
@@ -98,7 +77,7 @@ def score_layers(
     scorer = _resolve(target)
     if metric.startswith("magnitude_"):
         return list(scorer(model, 1 if metric == "magnitude_l1" else 2, semantics))
-    if calibration is None:
+    if info.needs_calibration and calibration is None:
         raise SpecError(f"metric '{metric}' needs calibration data", param="prune.calibration")
     hooks.check()
     # Scores are of the model as it will run: dropout off, whatever mode the caller left it in.

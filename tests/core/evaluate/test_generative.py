@@ -289,9 +289,3 @@ console.log(JSON.stringify(Object.fromEntries(rows.map((r) => [r.key, [r.label, 
     assert rows["tasks.lambada_openai.acc"][:3] == ["LAMBADA accuracy", "higher", "same"]
     assert rows["tasks.gsm8k_cot.exact_match,flexible-extract"] == [
         "GSM8K (chain of thought) exact match (flexible-extract)", "higher", "bad", "0.060"]
-
-
-def test_generation_beyond_a_handful_of_examples_goes_to_the_gpu_queue() -> None:
-    assert not JobSpec.model_validate({"evaluate": {"tasks": ["nq_open"], "limit": 20}}).needs_gpu
-    assert JobSpec.model_validate({"evaluate": {"tasks": ["nq_open"], "limit": 50}}).needs_gpu
-    assert not JobSpec.model_validate({"evaluate": {"tasks": ["piqa"], "limit": 50}}).needs_gpu

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from layerprune.core.bundled import bundled_text
 from layerprune.core.errors import Cancelled, SpecError
 from layerprune.core.hooks import Hooks
 from layerprune.core.pipeline import run_pipeline, stages_of
@@ -70,6 +71,19 @@ def test_uploaded_file_refs_are_substituted(tiny_root, tmp_path):
     result, _ = _run(tiny_root, tmp_path / "w", {"finetune": {**TRAIN, "dataset": "file_abc"}},
                      dataset_paths={"file_abc": data})
     assert result["finetune"] is not None and result["num_layers_after"] == 8
+
+
+def test_an_uploaded_calibration_file_is_substituted(tiny_root, tmp_path):
+    text = tmp_path / "calibration.txt"
+    text.write_text("\n\n".join(bundled_text("wikipedia-train")[:40]))
+    calibration = {"dataset": "file_cal", "num_samples": 2, "seq_len": 16}
+    result, _ = _run(tiny_root, tmp_path / "w", {"prune": {"metric": "angular", "num_layers": 2,
+                                                           "calibration": calibration}},
+                     dataset_paths={"file_cal": text})
+    provenance = result["prune"]["calibration"]
+    assert provenance["dataset"] == str(text) and provenance["num_samples"] == 2 and len(provenance["sha256"]) == 64
+    record = json.loads((tmp_path / "w" / "output" / "layerprune.json").read_text())
+    assert set(record["spec"]) == {"model", "revision", "prune", "finetune", "evaluate"}  # core's spec only
 
 
 def test_iterative_pruning_heals_between_rounds(tiny_root, tmp_path):
