@@ -7,19 +7,19 @@ different package of its own rank):
 
     0  core            pure ML: models, pruning, healing, evaluation (no service code at all)
     1  settings, logs  process configuration and structured logging
-    1  studies         a study's spec, expansion, Pareto fronts and view (pure, torch-free)
-    2  db              tables, sessions, reads (``db.jobs``), migrations
-    3  queue           the job queue: transitions, outbox, sweeper, Celery app, the job and study objects
-    3  migrations      Alembic's environment and versions (read db; run by db.migrate from their
+    1  service_fields  what a request adds to core's spec: webhook, metadata, priority
+    2  studies         a study's spec, expansion, Pareto fronts and view (pure, torch-free)
+    3  db              tables, sessions, reads (``db.jobs``), migrations
+    4  queue           the job queue: transitions, outbox, sweeper, Celery app, the job and study objects
+    4  migrations      Alembic's environment and versions (read db; run by db.migrate from their
                        path in the package, imported by no module)
-    4  metrics         Prometheus families (read from db, queue.status)
-    4  storage         the artifact stores' interface and the local store
-    5  storage_s3      the S3 store, built on ``storage``
-    5  webhooks        delivery of terminal states (counts its outcomes on ``metrics``)
-    6  artifact_store  picks the store the settings name (above both stores)
-    7  worker, api     the two processes; neither imports the other (tasks are sent by name)
-    8  cli             the command line, ``layerprune demo`` included
-
+    5  metrics         Prometheus families (read from db, queue.status)
+    5  storage         the artifact stores' interface and the local store
+    6  storage_s3      the S3 store, built on ``storage``
+    6  webhooks        delivery of terminal states (counts its outcomes on ``metrics``)
+    7  artifact_store  picks the store the settings name (above both stores)
+    8  worker, api     the two processes; neither imports the other (tasks are sent by name)
+    9  cli             the command line, ``layerprune demo`` included
 Leaves, importable from any layer because they import nothing of the package:
 ``layerprune`` (its ``__init__``), ``layerprune.client`` (standalone: httpx and the standard
 library only, so a pipeline can vendor the file) and ``layerprune.queue.status`` (the status
@@ -38,9 +38,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "layerprune"
 
 RANK = {
-    "core": 0, "settings": 1, "logs": 1, "studies": 1, "db": 2, "queue": 3, "migrations": 3, "metrics": 4,
-    "storage": 4,
-    "storage_s3": 5, "webhooks": 5, "artifact_store": 6, "worker": 7, "api": 7, "cli": 8,
+    "core": 0, "settings": 1, "logs": 1, "service_fields": 1, "studies": 2, "db": 3, "queue": 4, "migrations": 4,
+    "metrics": 5, "storage": 5, "storage_s3": 6, "webhooks": 6, "artifact_store": 7, "worker": 8, "api": 8, "cli": 9,
 }
 LEAVES = {"layerprune", "layerprune.client", "layerprune.queue.status"}
 

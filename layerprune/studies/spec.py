@@ -23,7 +23,7 @@ from layerprune.core.spec import (
     FinetuneObjective,
     Metric,
     ReplaceMethod,
-    _Strict,
+    StrictModel,
 )
 from layerprune.service_fields import Priority, WebhookSpec
 
@@ -34,7 +34,7 @@ AXIS_FINETUNE_FIELDS = ("method", "objective")
 HARD_MAX_CANDIDATES = 1000
 
 
-class Axes(_Strict):
+class Axes(StrictModel):
     """The recipes to compare: every combination of these values (``none`` healing ignores objectives)."""
 
     metrics: list[Metric] = Field(..., min_length=1, max_length=16)
@@ -76,7 +76,7 @@ class Axes(_Strict):
         return self
 
 
-class CandidateSpec(_Strict):
+class CandidateSpec(StrictModel):
     """One explicit recipe: a prune spec and optionally healing (a label is made when none is given)."""
 
     label: str | None = Field(None, min_length=1, max_length=200)
@@ -84,12 +84,12 @@ class CandidateSpec(_Strict):
     finetune: dict[str, Any] | None = None
 
 
-class Constraints(_Strict):
+class Constraints(StrictModel):
     max_params: int | None = Field(None, ge=1)
     min_speedup: float | None = Field(None, gt=0.0, le=1000.0)
 
 
-class StudySpec(_Strict):
+class StudySpec(StrictModel):
     model: str = Field(BUNDLED_MODEL, min_length=1, max_length=1024)
     revision: str | None = Field(None, max_length=256)
     axes: Axes | None = None
