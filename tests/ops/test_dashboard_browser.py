@@ -2,7 +2,8 @@
 
 The job's life is driven through the database with the worker's own transitions (claim, stage,
 progress, publish + finish), so the page is watched going from queued to running to succeeded
-without loading a model. Screenshots land in the test's tmp dir.
+without loading a model. Screenshots land in the test's tmp dir and in tests/ops/screenshots/
+(the helpers: tests/ops/browser.py).
 """
 
 from __future__ import annotations
