@@ -2,16 +2,14 @@
 
 The job's life is driven through the database with the worker's own transitions (claim, stage,
 progress, publish + finish), so the page is watched going from queued to running to succeeded
-without loading a model. Screenshots land in the test's tmp dir.
+without loading a model. Screenshots land in the test's tmp dir and in tests/ops/screenshots/
+(the helpers: tests/ops/browser.py).
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,71 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install -y chromium)")
+from tests.ops.browser import CHROMIUM, NO_CHROMIUM, SCREENSHOTS, chromium, free_port, wait_http
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 KEY = "dash-key-" + "7" * 20
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2, trust_env=False).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} did not come up")
-
-
-class CDP:
-    """The few DevTools-protocol calls the test needs, over the page's websocket."""
-
-    def __init__(self, ws_url: str) -> None:
-        from websockets.sync.client import connect
-
-        self.ws = connect(ws_url, max_size=64 * 1024 * 1024)
-        self.next_id = 0
-
-    def send(self, method: str, **params):
-        self.next_id += 1
-        msg_id = self.next_id
-        self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
-        while True:
-            msg = json.loads(self.ws.recv(timeout=30))
-            if msg.get("id") == msg_id:
-                if "error" in msg:
-                    raise RuntimeError(f"{method}: {msg['error']}")
-                return msg.get("result", {})
-
-    def eval(self, expr: str, await_promise: bool = False):
-        res = self.send("Runtime.evaluate", expression=expr, returnByValue=True, awaitPromise=await_promise)
-        if "exceptionDetails" in res:
-            raise RuntimeError(f"{expr}: {res['exceptionDetails']}")
-        return res["result"].get("value")
-
-    def wait_for(self, expr: str, timeout: float = 20.0):
-        deadline = time.monotonic() + timeout
-        value = None
-        while time.monotonic() < deadline:
-            value = self.eval(expr)
-            if value:
-                return value
-            time.sleep(0.2)
-        raise AssertionError(f"timed out waiting for {expr!r} (last value {value!r})")
-
-    def screenshot(self, path: Path) -> None:
-        data = self.send("Page.captureScreenshot", format="png")["data"]
-        path.write_bytes(base64.b64decode(data))
-
-    def close(self) -> None:
-        self.ws.close()
 
 
 @pytest.fixture
@@ -94,12 +31,12 @@ def live_server(tmp_path):
     env.update(LAYERPRUNE_DATA_DIR=str(data_dir), LAYERPRUNE_API_KEYS=f"tenant-a:{KEY}",
                LAYERPRUNE_DATABASE_URL=f"sqlite:///{data_dir / 'lp.db'}", LAYERPRUNE_CUDA_WORKERS="false",
                LAYERPRUNE_LOG_LEVEL="WARNING", OMP_NUM_THREADS="1")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "layerprune.api.app:app", "--host", "127.0.0.1",
                              "--port", str(port), "--log-level", "warning"], env=env,
                             stdout=open(tmp_path / "server.log", "wb"), stderr=subprocess.STDOUT)
     try:
-        _wait_http(f"http://127.0.0.1:{port}/healthz")
+        wait_http(f"http://127.0.0.1:{port}/healthz")
         yield f"http://127.0.0.1:{port}", env
     finally:
         proc.terminate()
@@ -111,29 +48,8 @@ def live_server(tmp_path):
 
 @pytest.fixture
 def browser(tmp_path):
-    port = _free_port()
-    profile = tmp_path / "chromium-profile"
-    proc = subprocess.Popen([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                             "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                             "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
-                             "--window-size=1400,1100", f"--remote-debugging-port={port}",
-                             "--remote-debugging-address=127.0.0.1", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "chromium.log", "wb"))
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/json/version", timeout=60)
-        pages = [t for t in httpx.get(f"http://127.0.0.1:{port}/json/list", trust_env=False).json()
-                 if t["type"] == "page"]
-        cdp = CDP(pages[0]["webSocketDebuggerUrl"])
-        cdp.send("Page.enable")
-        cdp.send("Runtime.enable")
+    with chromium(tmp_path) as cdp:
         yield cdp
-        cdp.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_dashboard_watches_a_job_to_done(live_server, browser, tmp_path):
@@ -250,8 +166,6 @@ def test_dashboard_watches_a_job_to_done(live_server, browser, tmp_path):
 # ------------------------------------------------------------------ a finished real job, and a study
 
 DATA = Path(__file__).parent / "data"
-# Screenshots stay in the checkout after a run (.ci/run included): tests/ops/screenshots/ (git-ignored).
-SCREENSHOTS = Path(__file__).parent / "screenshots"
 
 
 def _replay_real_job(sessions, job_id: str, worker: str, recorded: dict) -> None:
@@ -407,7 +321,7 @@ def test_a_finished_real_job_page_and_a_study(live_server, browser, tmp_path):
     SCREENSHOTS.mkdir(exist_ok=True)
     time.sleep(0.5)
     browser.screenshot(SCREENSHOTS / "job-finished.png")
-    _full_page_screenshot(browser, SCREENSHOTS / "job-finished-full.png")
+    browser.full_page_screenshot(SCREENSHOTS / "job-finished-full.png")
     print(f"screenshots: {SCREENSHOTS}")
 
     # A study from a fixture of the GET /v1/studies/{id} shape; one candidate is this real job.
@@ -432,22 +346,18 @@ def test_a_finished_real_job_page_and_a_study(live_server, browser, tmp_path):
         assert browser.eval(f"document.querySelectorAll('{chart} .pt.recommended').length") == 1
     assert browser.eval("document.querySelector('#s-recommendation').textContent").endswith(study["recommendation"]["reason"])
     quality = browser.eval("[...document.querySelectorAll('#s-candidates td[data-key=quality]')].map(c => c.textContent)")
-    assert quality == [units.format_value("score", c["results"]["quality"]) for c in study["candidates"]]
+    assert quality == [units.format_value("score", v) for v in
+                       [study["baseline"]["results"]["mean_acc"], *(c["results"]["quality"] for c in study["candidates"])]]
+    # Beside accuracy, the other figure: perplexity.
+    assert browser.eval("document.querySelector('#s-other-head').textContent") == "perplexity"
+    ppl = browser.eval("[...document.querySelectorAll('#s-candidates td[data-key=perplexity]')].map(c => c.textContent)")
+    assert ppl == [units.format_value("ppl", v) for v in
+                   [study["baseline"]["results"]["perplexity"], *(c["results"]["perplexity"] for c in study["candidates"])]]
     time.sleep(0.3)
-    _full_page_screenshot(browser, SCREENSHOTS / "study.png")
+    browser.full_page_screenshot(SCREENSHOTS / "study.png")
     # A candidate's point is a link to its job's page.
     browser.eval(f"document.querySelector('#s-chart-params a[href=\"#{job_id}\"]')"
                  ".dispatchEvent(new MouseEvent('click', {bubbles: true}))")
     browser.wait_for(f"location.hash === '#{job_id}' && !document.querySelector('#jobs-view').hidden "
                      f"&& document.querySelector('#d-id').textContent === '{job_id}'")
 
-
-def _full_page_screenshot(browser, path: Path) -> None:
-    height = browser.eval("Math.ceil(document.documentElement.scrollHeight)")
-    browser.send("Emulation.setDeviceMetricsOverride", width=1400, height=min(int(height), 6000), deviceScaleFactor=1,
-                 mobile=False)
-    try:
-        browser.screenshot(path)
-    finally:
-        browser.send("Emulation.clearDeviceMetricsOverride")
-    assert path.stat().st_size > 10_000

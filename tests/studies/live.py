@@ -89,3 +89,29 @@ def check_finished_study(study: dict[str, Any], events_by_job: dict[str, list[An
     # The base model evaluated once for the baseline and all six "before"s.
     base_eval = cache_outcomes(events_by_job, "base_evaluation")
     assert base_eval == {("", "computed"): 1, ("", "hit"): 6}, base_eval
+
+
+# Maps whose keys are the caller's or the run's own (the spec as sent, metadata, the tasks evaluated).
+FREE_FORM = ("spec", "metadata", "tasks")
+
+
+def shape_mismatches(fixture: Any, real: Any, path: str = "") -> list[str]:
+    """Where a hand-made study object differs in shape from a real one: a key one has and the other
+    lacks, or a value of another kind. ``null`` matches anything (a figure not measured yet)."""
+    if fixture is None or real is None:
+        return []
+    if isinstance(fixture, dict) and isinstance(real, dict):
+        if path.rsplit(".", 1)[-1] in FREE_FORM:
+            return []
+        out = [f"{path}.{k}: only in the fixture" for k in fixture.keys() - real.keys()]
+        out += [f"{path}.{k}: only in the real response" for k in real.keys() - fixture.keys()]
+        for k in fixture.keys() & real.keys():
+            out += shape_mismatches(fixture[k], real[k], f"{path}.{k}")
+        return sorted(out)
+    if isinstance(fixture, list) and isinstance(real, list):
+        # Every element against every other side's: a list holds one kind of thing.
+        return sorted({m for f in fixture for r in real for m in shape_mismatches(f, r, path + "[]")})
+    number = (int, float)
+    same = (isinstance(fixture, number) and isinstance(real, number) and not isinstance(fixture, bool)
+            and not isinstance(real, bool)) or type(fixture) is type(real)
+    return [] if same else [f"{path}: {type(fixture).__name__} in the fixture, {type(real).__name__} in the real response"]

@@ -79,8 +79,23 @@ export function renderStudy(study, fields) {
     xLabel: fields.fields.speedup.label, yLabel: q.label, xFormat: (v) => formatValue("ratio", v), yFormat: qfmt,
     higherIsBetter: q.higher, ariaLabel: q.label + " against speed-up",
   }));
+  // Beside the ranked figure, the other one (perplexity when ranking by accuracy, and back), and the
+  // baseline's row first, as the CLI's table has them.
+  const other = q.name === "perplexity" ? "mean_acc" : "perplexity";
+  const of = field(fields.fields, other);
   const body = $("#s-candidates tbody");
   body.replaceChildren();
+  const br = base.results || {};
+  if (base.job_id) {
+    body.append(el("tr", { "data-job": base.job_id, class: "baseline" },
+      el("td", {}, el("a", { href: "#" + base.job_id, text: "baseline (unpruned)" })),
+      el("td", {}, el("span", { class: "badge " + (base.status || ""), text: base.status || "—" })),
+      el("td", { class: "num", "data-key": "quality", text: formatValue(q.format, baseQuality) }),
+      el("td", { class: "num", "data-key": other, text: formatValue(of.format, br[other]) }),
+      el("td", { class: "num", "data-key": "params", text: formatValue(pf.format, base.params) }),
+      el("td", { class: "num", "data-key": "speedup", text: base.speed ? formatValue("ratio", 1) : "-" }),
+      el("td", { text: "—" }), el("td", { text: "—" })));
+  }
   for (const c of study.candidates || []) {
     const r = c.results || {};
     const onFront = [(study.pareto || {}).params || [], (study.pareto || {}).speed || []].map((l) => l.includes(c.job_id));
@@ -88,10 +103,12 @@ export function renderStudy(study, fields) {
       el("td", {}, el("a", { href: "#" + c.job_id, text: c.label })),
       el("td", {}, el("span", { class: "badge " + c.status, text: c.status })),
       el("td", { class: "num", "data-key": "quality", text: formatValue(q.format, r.quality) }),
+      el("td", { class: "num", "data-key": other, text: formatValue(of.format, r[other]) }),
       el("td", { class: "num", "data-key": "params", text: formatValue(pf.format, r.params) }),
       el("td", { class: "num", "data-key": "speedup", text: formatValue("ratio", r.speedup) }),
-      el("td", { text: [onFront[0] ? "params" : "", onFront[1] ? "speed" : ""].filter(Boolean).join(", ") || "—" }),
-      el("td", { text: c.meets_constraints === null || c.meets_constraints === undefined ? "—" : c.meets_constraints ? "yes" : "no" })));
+      el("td", { class: "front", text: [onFront[0] ? "params" : "", onFront[1] ? "speed" : ""].filter(Boolean).join(", ") || "—" }),
+      el("td", { class: "meets", text: c.meets_constraints === null || c.meets_constraints === undefined ? "—" : c.meets_constraints ? "yes" : "no" })));
   }
   $("#s-quality-head").textContent = q.label;
+  $("#s-other-head").textContent = of.label;
 }
