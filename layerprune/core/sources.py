@@ -256,7 +256,7 @@ def _download(repo_id: str, revision: str | None, local_only: bool) -> Path:
 
 
 def _snapshot(repo_id: str, revision: str | None) -> Path:
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError  # noqa: PLC0415 - see _download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError  # noqa: PLC0415 - keeps huggingface_hub out of the API
 
     if hub_offline():
         # Offline: a copy already in the local cache is fine; anything else fails at once.

@@ -21,7 +21,7 @@ ADAPTER_DIR = "adapter"
 
 
 def lora_config(spec: FinetuneSpec) -> Any:
-    from peft import LoraConfig, TaskType  # noqa: PLC0415 - peft costs ~13 s; only lora/qlora jobs load it (not preloaded)
+    from peft import LoraConfig, TaskType  # noqa: PLC0415 - peft (~13 s): lora/qlora jobs only
 
     return LoraConfig(r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout,
                       target_modules=list(spec.lora_target_modules), task_type=TaskType.CAUSAL_LM, bias="none")
@@ -29,7 +29,7 @@ def lora_config(spec: FinetuneSpec) -> Any:
 
 def wrap_lora(model: nn.Module, spec: FinetuneSpec) -> nn.Module:
     """A peft model whose only trainable parameters are the LoRA adapters."""
-    from peft import get_peft_model  # noqa: PLC0415 - peft costs ~13 s; only lora/qlora jobs load it (not preloaded)
+    from peft import get_peft_model  # noqa: PLC0415 - peft (~13 s): lora/qlora jobs only
 
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [t for t in spec.lora_target_modules if t not in names]
@@ -48,7 +48,7 @@ def quantization_config() -> Any:
 
 
 def prepare_qlora(model: nn.Module, spec: FinetuneSpec) -> nn.Module:
-    from peft import prepare_model_for_kbit_training  # noqa: PLC0415 - peft costs ~13 s; only lora/qlora jobs load it (not preloaded)
+    from peft import prepare_model_for_kbit_training  # noqa: PLC0415 - peft (~13 s): lora/qlora jobs only
 
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return wrap_lora(model, spec)
@@ -57,7 +57,7 @@ def prepare_qlora(model: nn.Module, spec: FinetuneSpec) -> nn.Module:
 def export_merged(peft_model: Any, out_dir: Path, *, source_dir: Path, dtype: torch.dtype, quantized: bool,
                   device: torch.device | None = None) -> nn.Module:
     """Save the adapter under ``out_dir/adapter`` and the merged plain model in ``out_dir``."""
-    from peft import PeftModel  # noqa: PLC0415 - peft costs ~13 s; only lora/qlora jobs load it (not preloaded)
+    from peft import PeftModel  # noqa: PLC0415 - peft (~13 s): lora/qlora jobs only
 
     out_dir.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(out_dir / ADAPTER_DIR)
