@@ -24,7 +24,7 @@ from layerprune.queue.celery_app import broker_ok, configure
 from layerprune.queue.sweeper import start_sweeper, sweep_once
 from layerprune.settings import get_settings
 from layerprune.webhooks import WebhookSender
-from layerprune.worker.app import app
+from layerprune.worker.app import app as celery_worker_app  # as `app`, it would hide the submodule
 
 
 def worker_argv(queues: Sequence[str], loglevel: str = "INFO", extra: Sequence[str] = ()) -> list[str]:
@@ -89,4 +89,4 @@ def main(argv: Sequence[str] | None = None) -> None:
     _preload()
     start_sweeper(settings=settings)
     WebhookSender(session_factory(), settings=settings).start()
-    app.worker_main(worker_argv(settings.queues, settings.log_level.upper(), list(argv or [])))
+    celery_worker_app.worker_main(worker_argv(settings.queues, settings.log_level.upper(), list(argv or [])))
