@@ -12,6 +12,7 @@ import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -102,8 +103,6 @@ class Settings(BaseSettings):
     @field_validator("public_url", mode="after")
     @classmethod
     def _public_url(cls, v: str) -> str:
-        from urllib.parse import urlsplit
-
         v = v.strip().rstrip("/")
         if not v:
             return ""

@@ -77,8 +77,8 @@ class S3Store:
 
     @classmethod
     def from_settings(cls, settings: Any) -> S3Store:
-        import boto3
-        from botocore.config import Config
+        import boto3  # noqa: PLC0415 - boto3 is optional (layerprune[s3])
+        from botocore.config import Config  # noqa: PLC0415 - boto3 is optional (layerprune[s3])
 
         bucket, prefix = parse_s3_url(settings.storage_url)
         client = boto3.client(
@@ -96,7 +96,7 @@ class S3Store:
     # -------------------------------------------------------------- protocol
 
     def put_dir(self, local_dir: Path, key_prefix: str) -> list[StoredFile]:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415 - boto3 is optional (layerprune[s3])
 
         prefix = _clean_key(key_prefix)
         written: list[str] = []
@@ -122,7 +122,7 @@ class S3Store:
 
     def open(self, storage_key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         """Stream bytes ``start`` .. ``end`` (exclusive; None = to the end) of one object."""
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError  # noqa: PLC0415 - boto3 is optional (layerprune[s3])
 
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._object_key(storage_key)}
         if start > 0 or end is not None:
@@ -180,7 +180,7 @@ class S3Store:
         return target
 
     def _exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError  # noqa: PLC0415 - boto3 is optional (layerprune[s3])
 
         try:
             self.client.head_object(Bucket=self.bucket, Key=self._object_key(key))

@@ -6,6 +6,7 @@ cut off at the limit. Uploads (``/v1/files``) have their own, larger cap and are
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from layerprune.api.errors import ApiError, error_body
@@ -54,8 +55,6 @@ class BodyLimitMiddleware:
         await self.app(scope, counting_receive, send)
 
     async def _refuse(self, send: Any) -> None:
-        import json
-
         body = json.dumps(error_body("payload_too_large", f"the request body is over the {self.max_bytes}-byte limit")).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),

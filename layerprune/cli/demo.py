@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from layerprune.cli.follow import follow
 from layerprune.cli.progress import ProgressView
 from layerprune.cli.render import comparison_table, human_bytes, human_duration
@@ -231,8 +233,6 @@ class _Process:
 
 
 def _wait_healthy(url: str, api: _Process, timeout: float = 120.0) -> None:
-    import httpx
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not api.alive():

@@ -1,7 +1,8 @@
 """CLI commands that run on the server side: ``serve``, ``worker``, ``migrate``, ``keys create``.
 
-They read the configuration from ``LAYERPRUNE_*`` like the service does, and import the service's
-modules only when called, so ``layerprune --help`` and the client commands stay fast.
+They read the configuration from ``LAYERPRUNE_*`` like the service does. ``layerprune.cli`` imports
+this module only for these commands, so ``layerprune --help`` and the client commands stay fast;
+the API server and the Celery worker are imported only by the command that runs them.
 """
 
 from __future__ import annotations
@@ -11,21 +12,20 @@ import os
 import sys
 
 from layerprune.cli import EXIT_FAILED, EXIT_OK
+from layerprune.db.keys import add_key, key_secret
+from layerprune.db.migrate import current_revision, ensure_schema, upgrade_to_head
+from layerprune.db.session import database_url, session_scope
+from layerprune.settings import get_settings, reset_settings_cache
 
 APP = "layerprune.api.app:app"
 
 
 def migrate() -> None:
-    from layerprune.db.migrate import upgrade_to_head
-    from layerprune.settings import get_settings
-
     upgrade_to_head(get_settings().effective_database_url)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from layerprune.api.server import serve
-    from layerprune.db.keys import key_secret
-    from layerprune.settings import get_settings, reset_settings_cache
+    from layerprune.api.server import serve  # noqa: PLC0415 - uvicorn and the API: for `serve` only
 
     if args.no_migrate:
         # The app reads its settings from the environment: the flag is LAYERPRUNE_AUTO_MIGRATE=0.
@@ -42,10 +42,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.queues:
         # The worker reads its queues from the settings; the flag is the same knob.
         os.environ["LAYERPRUNE_WORKER_QUEUES"] = args.queues
-        from layerprune.settings import reset_settings_cache
-
         reset_settings_cache()
-    from layerprune.worker import main as worker_main
+    from layerprune.worker import main as worker_main  # noqa: PLC0415 - Celery's worker: for `worker` only
 
     extra = [a for a in (args.extra or []) if a != "--"]
     result = worker_main(extra)
@@ -53,19 +51,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:
-    from layerprune.db.migrate import current_revision
-    from layerprune.db.session import database_url
-
     migrate()
     print(f"database at revision {current_revision()} ({_redact(database_url())})")
     return EXIT_OK
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from layerprune.db.keys import add_key, key_secret
-    from layerprune.db.migrate import ensure_schema
-    from layerprune.db.session import session_scope
-
     key_secret()  # before touching the database: a missing secret is a one-line error
     ensure_schema()  # LAYERPRUNE_AUTO_MIGRATE=0 and behind: a one-line error
     with session_scope() as session:

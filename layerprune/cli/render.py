@@ -11,7 +11,7 @@ from typing import Any
 
 # Every figure follows the one rule the model card and the dashboard use too (core.units).
 from layerprune.core import units
-from layerprune.core.evaluate.report import mean_accuracy, sample_pairs
+from layerprune.core.evaluate.report import mean_accuracy, sample_pairs, speed_rows
 from layerprune.core.units import human_bytes as human_bytes
 from layerprune.core.units import human_count as human_count
 
@@ -286,8 +286,6 @@ def _one_line(text: str, width: int = 300) -> str:
 
 def _speed_rows(metrics: Any) -> list[list[str]]:
     """Measured tokens/s (higher is better), change = the speed-up (one source: core.evaluate.report)."""
-    from layerprune.core.evaluate.report import speed_rows  # torch-free
-
     if not isinstance(metrics, Mapping):
         return []
     return [[label, units.format_value("rate", before), units.format_value("rate", after),

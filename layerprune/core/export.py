@@ -14,8 +14,10 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from layerprune.core import units
-from layerprune.core.evaluate.report import sample_pairs
+from layerprune.core.evaluate.report import sample_pairs, speed_rows
 from layerprune.core.sources import sha256_file
 from layerprune.core.units import human_bytes
 
@@ -64,8 +66,6 @@ def _part(record: Mapping[str, Any], key: str) -> Any:
 
 
 def _front_matter(record: Mapping[str, Any]) -> str:
-    import yaml
-
     base = record.get("base_model") or {}
     meta: dict[str, Any] = {}
     hub_id = base.get("ref") if base.get("kind") == "hub" else base.get("upstream") or None
@@ -179,8 +179,6 @@ def _stat(fmt: str, value: Any, stderr: Any) -> str:
 
 def _speed_table(metrics: Mapping[str, Any]) -> list[str]:
     """Measured prefill/decode tokens/s before and after, and the speed-up (after / before)."""
-    from layerprune.core.evaluate.report import speed_rows
-
     rows = speed_rows(dict(metrics))
     if not rows:
         return []

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from layerprune.core.device import cuda_device_count, pick_device, pick_dtype
 from layerprune.core.errors import ModelSourceError
 from layerprune.core.sources import check_model_dir
+from layerprune.core.streaming import list_tensors
 
 # Leave room on the GPU for activations, gradients of a few layers and the CUDA context.
 GPU_FILL_FRACTION = 0.8
@@ -22,8 +24,6 @@ GPU_FILL_FRACTION = 0.8
 
 def weights_bytes(local_dir: Path, dtype: torch.dtype) -> int:
     """Size of the model's weights once loaded in ``dtype`` (from safetensors headers only)."""
-    from layerprune.core.streaming import list_tensors
-
     elements = 0
     for entry in list_tensors(Path(local_dir))[0]:
         n = 1
@@ -58,8 +58,6 @@ def choose_device_map(local_dir: Path, device: torch.device, dtype: torch.dtype)
 
 def load_tokenizer(local_dir: Path):  # type: ignore[no-untyped-def]
     """The directory's tokenizer, or None when it ships none."""
-    from transformers import AutoTokenizer
-
     local_dir = Path(local_dir)
     if not any(local_dir.glob("tokenizer*")) and not (local_dir / "vocab.json").exists():
         return None
@@ -69,8 +67,6 @@ def load_tokenizer(local_dir: Path):  # type: ignore[no-untyped-def]
 def load_model(local_dir: Path, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                device_map: str | dict[str, Any] | None = None):  # type: ignore[no-untyped-def]
     """Load ``(model, tokenizer)`` from a model directory (tokenizer None if it has none)."""
-    from transformers import AutoModelForCausalLM
-
     local_dir = Path(local_dir)
     check_model_dir(local_dir)
     device = torch.device(device) if device is not None else pick_device()

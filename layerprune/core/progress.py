@@ -112,7 +112,7 @@ def split(weights: Sequence[tuple[str, float]]) -> dict[str, tuple[float, float]
 
 def evaluation_cost(spec: Any, *, with_speed: bool = False) -> list[tuple[str, float]]:
     """The parts of one ``evaluate_model`` run of ``spec`` (an EvaluateSpec) and their estimated seconds."""
-    from layerprune.core.evaluate.generative import GEN_TASK_NAMES
+    from layerprune.core.evaluate.generative import GEN_TASK_NAMES  # noqa: PLC0415 - core.evaluate imports us (cycle)
 
     docs = spec.limit or UNLIMITED_DOCS
     parts = [("load", EVAL_LOAD_S)]

@@ -24,7 +24,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
+import yaml
+
 from layerprune.core import refs
+from layerprune.core.bundled import BUNDLED_MODELS, bundled_model_dir
 from layerprune.core.errors import (
     ModelSourceError,
     PickleOnlyRefusedError,
@@ -123,8 +126,6 @@ def _find_local_path(ref: str, model_roots: Sequence[Path] | None) -> Path | Non
 
 def validate_model_ref(ref: str, model_roots: Sequence[Path] | None) -> None:
     """Check a ``model`` reference without loading anything (SpecError, param ``model``)."""
-    from layerprune.core.bundled import BUNDLED_MODELS
-
     if not ref or ref != ref.strip():
         raise SpecError("model must be a non-empty reference without surrounding spaces", param="model")
     bad = next((c for c in ref if ord(c) < 0x20 or ord(c) == 0x7F), None)
@@ -187,8 +188,6 @@ def read_license(local_dir: Path) -> str | None:
     end = text.find("\n---", 3)
     if end < 0:
         return None
-    import yaml
-
     try:
         meta = yaml.safe_load(text[3:end]) or {}
     except yaml.YAMLError:
@@ -247,7 +246,7 @@ def weight_patterns(snapshot_dir: Path) -> list[str]:
 
 
 def _download(repo_id: str, revision: str | None, local_only: bool) -> Path:
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # noqa: PLC0415 - keeps huggingface_hub (~1 s) out of the API
 
     # Two passes: config, tokenizer and weight index first, then only the weights they name.
     side = Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_SIDE_PATTERNS,
@@ -258,7 +257,7 @@ def _download(repo_id: str, revision: str | None, local_only: bool) -> Path:
 
 
 def _snapshot(repo_id: str, revision: str | None) -> Path:
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError  # noqa: PLC0415 - keeps huggingface_hub out of the API
 
     if hub_offline():
         # Offline: a copy already in the local cache is fine; anything else fails at once.
@@ -286,8 +285,6 @@ def _snapshot(repo_id: str, revision: str | None) -> Path:
 def resolve_model(ref: str, revision: str | None = None, *, model_roots: Sequence[Path] | None = None,
                   job_dir: Callable[[str], Path] | None = None) -> ModelSource:
     """Find ``ref`` on disk (downloading from the hub if needed) and hash its files."""
-    from layerprune.core.bundled import BUNDLED_MODELS, bundled_model_dir
-
     validate_model_ref(ref, model_roots)
     license_: str | None = None
     kind: SourceKind
@@ -378,8 +375,8 @@ def check_model_dir(local_dir: Path):  # type: ignore[no-untyped-def]  # -> tran
             )
         raise ModelSourceError(f"no safetensors weights in {local_dir}", param="model")
 
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import (
+    from transformers import AutoConfig  # noqa: PLC0415 - keeps torch out of the API
+    from transformers.models.auto.modeling_auto import (  # noqa: PLC0415 - keeps torch out of the API
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         MODEL_FOR_MASKED_LM_MAPPING_NAMES,
     )
@@ -399,7 +396,7 @@ def check_model_dir(local_dir: Path):  # type: ignore[no-untyped-def]  # -> tran
         raise UnsupportedArchitectureError(
             f"unsupported architecture {arch or config.model_type}: not a decoder-only causal LM", param="model"
         )
-    from layerprune.core.architecture import find_decoder_parts, meta_model
+    from layerprune.core.architecture import find_decoder_parts, meta_model  # noqa: PLC0415 - keeps torch out of the API
 
     try:
         find_decoder_parts(meta_model(config))

@@ -25,8 +25,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from transformers import AutoConfig
+
+from layerprune.core.architecture import (
+    count_params,
+    find_decoder_parts,
+    layer_param_count,
+    meta_model,
+    num_layers_of,
+)
 from layerprune.core.errors import ModelSourceError, UnsupportedArchitectureError
 from layerprune.core.hooks import NO_HOOKS, Hooks
+from layerprune.core.removal import (
+    cut_layer_config,
+    keep_list,
+    layers_key_prefix,
+    refuse_index_dependent_math,
+)
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 1000**3  # "5GB" as transformers counts it
 WEIGHTS_NAME = "model.safetensors"
@@ -283,16 +298,6 @@ def stream_prune(src_dir: Path, out_dir: Path, removed: Sequence[int], hooks: Ho
     (same tensors, bit for bit; same config). Returns a summary: keep list, layer counts,
     parameter counts before/after, output weight files and bytes written.
     """
-    from transformers import AutoConfig
-
-    from layerprune.core.architecture import num_layers_of
-    from layerprune.core.removal import (
-        cut_layer_config,
-        keep_list,
-        layers_key_prefix,
-        refuse_index_dependent_math,
-    )
-
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     if out_dir.resolve() == src_dir.resolve():
         # Writing over the input would delete the shards being read.
@@ -340,8 +345,6 @@ def stream_prune(src_dir: Path, out_dir: Path, removed: Sequence[int], hooks: Ho
 
 def _param_counts(config: Any, removed: list[int]) -> tuple[int, int]:
     """Parameters of the whole model and of the layers ``removed``, from a structure-only skeleton."""
-    from layerprune.core.architecture import count_params, find_decoder_parts, layer_param_count, meta_model
-
     skeleton = meta_model(config)
     layers = find_decoder_parts(skeleton).layers
     return count_params(skeleton), sum(layer_param_count(layers[i]) for i in removed)

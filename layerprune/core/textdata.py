@@ -141,7 +141,7 @@ def token_windows(texts: list[str], tokenizer: Any, seq_len: int, num: int | Non
     128 tokens); without one they are consecutive and non-overlapping. No BOS is added: the
     bundled tokenizer's file says not to, and windows cut mid-text have no beginning anyway.
     """
-    import torch
+    import torch  # noqa: PLC0415 - keeps torch out of the API
 
     sep = tokenizer.eos_token or "\n\n"
     ids: list[int] = tokenizer(sep.join(texts), add_special_tokens=False)["input_ids"]

@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 from layerprune.db.models import Base
+from layerprune.settings import get_settings
 
 config = context.config
 target_metadata = Base.metadata
@@ -14,8 +15,6 @@ target_metadata = Base.metadata
 def _url() -> str:
     url = config.attributes.get("url") or config.get_main_option("sqlalchemy.url")
     if not url:
-        from layerprune.settings import get_settings
-
         url = get_settings().effective_database_url
     return url
 

@@ -11,10 +11,20 @@ Celery's ``worker`` command (``--loglevel``, ``-n``…).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Sequence
+
+from layerprune.db.migrate import SchemaBehindError, ensure_schema
+from layerprune.db.session import session_factory
+from layerprune.queue.celery_app import broker_ok, configure
+from layerprune.queue.sweeper import start_sweeper, sweep_once
+from layerprune.settings import get_settings
+from layerprune.webhooks import WebhookSender
+from layerprune.worker.app import app as celery_worker_app  # as `app`, it would hide the submodule
 
 
 def worker_argv(queues: Sequence[str], loglevel: str = "INFO", extra: Sequence[str] = ()) -> list[str]:
@@ -30,8 +40,6 @@ def _preload() -> None:
     A fresh child per job would otherwise pay these imports (seconds) on every job. Importing
     torch does not initialise CUDA, so forking afterwards stays safe on GPU nodes.
     """
-    import importlib
-
     modules = ["torch", "transformers", "safetensors.torch",
                "layerprune.core.sources", "layerprune.core.prune", "layerprune.core.finetune",
                "layerprune.core.evaluate", "layerprune.core.export", "layerprune.core.pipeline",
@@ -49,8 +57,6 @@ def _preload() -> None:
 def _wait_for_schema(ensure_schema: Callable[[], None], behind: type[Exception]) -> None:
     """Apply db.migrate.ensure_schema's policy, waiting while the database is unreachable or, with
     LAYERPRUNE_AUTO_MIGRATE=0, behind (``behind``: its SchemaBehindError) until someone migrates it."""
-    import time
-
     delay = 1.0
     while True:
         try:
@@ -65,21 +71,12 @@ def _wait_for_schema(ensure_schema: Callable[[], None], behind: type[Exception])
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from layerprune.db.migrate import SchemaBehindError, ensure_schema
-    from layerprune.queue.celery_app import broker_ok, configure
-    from layerprune.queue.sweeper import start_sweeper, sweep_once
-    from layerprune.settings import get_settings
-    from layerprune.worker.app import app
-
     settings = get_settings()
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
     _wait_for_schema(lambda: ensure_schema(settings), SchemaBehindError)
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     configure(settings)
-    from layerprune.db.session import session_factory
-    from layerprune.webhooks import WebhookSender
-
     # The pool forks a child per job while the sweeper and webhook threads run. Do their first sweep
     # here, before any thread exists, so the modules they import lazily (the broker's transport,
     # the database driver's dialect) are imported by now: a fork that lands mid-import in another thread
@@ -92,4 +89,4 @@ def main(argv: Sequence[str] | None = None) -> None:
     _preload()
     start_sweeper(settings=settings)
     WebhookSender(session_factory(), settings=settings).start()
-    app.worker_main(worker_argv(settings.queues, settings.log_level.upper(), list(argv or [])))
+    celery_worker_app.worker_main(worker_argv(settings.queues, settings.log_level.upper(), list(argv or [])))

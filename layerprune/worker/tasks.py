@@ -17,7 +17,7 @@ def run_job(self, job_id: str) -> str | None:  # noqa: ANN001 - the bound Celery
     A database that cannot be reached before the job is claimed (Postgres restarting) is not the
     job's failure: the message is retried a little later instead of being dropped.
     """
-    from layerprune.worker.runner import run_job as run
+    from layerprune.worker.runner import run_job as run  # noqa: PLC0415 - torch: loaded by _preload, after start-up
 
     try:
         return run(job_id)

@@ -8,7 +8,9 @@ import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
 
 from layerprune.api.deps import SessionDep, SettingsDep, TenantDep
 from layerprune.api.errors import ApiError, not_found
@@ -88,9 +90,6 @@ async def upload_file(
     settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
 ) -> Any:
-    from fastapi.responses import JSONResponse
-    from starlette.concurrency import run_in_threadpool
-
     folder = tenant_folder(settings, tenant)
     upload = await receive_upload(request, folder, settings.max_upload_bytes)
     sink = upload.sink

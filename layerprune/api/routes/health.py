@@ -10,6 +10,7 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from layerprune.api.schemas import error_responses
+from layerprune.db.migrate import current_revision, head_revision
 from layerprune.queue.celery_app import broker_ok
 
 router = APIRouter(tags=["operations"])
@@ -31,8 +32,6 @@ def _checks(request: Request) -> dict[str, Any]:
         checks["database"] = f"down: {type(exc).__name__}"
     if checks["database"] == "ok":
         try:
-            from layerprune.db.migrate import current_revision, head_revision
-
             current, head = current_revision(url), head_revision()
             checks["migrations"] = "ok" if current == head else f"behind: at {current}, head is {head}"
         except Exception as exc:  # noqa: BLE001

@@ -18,9 +18,11 @@ from typing import Any
 
 from layerprune.core import refs
 from layerprune.core.errors import SpecError
-from layerprune.core.evaluate.generative import GEN_TASK_NAMES
+from layerprune.core.evaluate.generative import GEN_TASK_NAMES, run_generative_tasks
+from layerprune.core.evaluate.generative_data import read_gsm8k_train_file
 from layerprune.core.evaluate.report import compare_results
 from layerprune.core.hooks import NO_HOOKS, Hooks
+from layerprune.core.progress import evaluation_cost, split, within
 from layerprune.core.spec import TASKS, EvaluateSpec
 
 __all__ = ["TASK_NAMES", "check_evaluate_spec", "compare_results", "evaluate_model", "weights_size_bytes"]
@@ -55,7 +57,7 @@ def check_evaluate_spec(spec: EvaluateSpec) -> None:
             raise SpecError("max_windows must be at least 1", param="evaluate.perplexity.max_windows")
         ref = ppl.dataset
         if refs.is_bundled(ref) or os.path.exists(os.path.expanduser(ref)):
-            from layerprune.core.evaluate.perplexity import load_perplexity_text
+            from layerprune.core.evaluate.perplexity import load_perplexity_text  # noqa: PLC0415 - keeps torch out of the API (it checks specs)
 
             load_perplexity_text(ref)
 
@@ -73,8 +75,6 @@ def _check_generative_options(spec: EvaluateSpec) -> None:
                             param="evaluate.gsm8k_train")
         ref = spec.gsm8k_train
         if not refs.is_file(ref):
-            from layerprune.core.evaluate.generative_data import read_gsm8k_train_file
-
             read_gsm8k_train_file(Path(ref), "evaluate.gsm8k_train")
 
 
@@ -102,11 +102,10 @@ def evaluate_model(
     With ``spec.speed`` (and ``with_speed``), ``"speed"`` holds this model's measured tokens/s
     (speed.py); the pipeline passes ``with_speed=False`` and measures before and after together.
     """
-    from layerprune.core.architecture import count_params, num_layers_of
-    from layerprune.core.evaluate.multiple_choice import run_tasks
-    from layerprune.core.evaluate.perplexity import perplexity
-    from layerprune.core.loading import load_model, load_tokenizer
-    from layerprune.core.progress import evaluation_cost, split, within
+    from layerprune.core.architecture import count_params, num_layers_of  # noqa: PLC0415 - keeps torch out of the API
+    from layerprune.core.evaluate.multiple_choice import run_tasks  # noqa: PLC0415 - keeps torch out of the API
+    from layerprune.core.evaluate.perplexity import perplexity  # noqa: PLC0415 - keeps torch out of the API
+    from layerprune.core.loading import load_model, load_tokenizer  # noqa: PLC0415 - keeps torch out of the API
 
     check_evaluate_spec(spec)
     # Each part reports into its measured share of this evaluation (core.progress), labelled.
@@ -142,8 +141,6 @@ def evaluate_model(
                                          batch_size=spec.batch_size, hooks=within(hooks, *parts["tasks"])))
         timings["tasks_s"] = time.perf_counter() - t
     if gen_tasks:
-        from layerprune.core.evaluate.generative import run_generative_tasks
-
         t = time.perf_counter()
         gsm8k_param = f"evaluate.tasks[{list(spec.tasks).index('gsm8k')}]" if "gsm8k" in gen_tasks else "evaluate.tasks"
         result["tasks"].update(run_generative_tasks(
@@ -153,7 +150,7 @@ def evaluate_model(
         timings["generative_tasks_s"] = time.perf_counter() - t
     result["tasks"] = {name: result["tasks"][name] for name in spec.tasks}
     if spec.samples is not None:
-        from layerprune.core.evaluate.samples import generate_samples
+        from layerprune.core.evaluate.samples import generate_samples  # noqa: PLC0415 - keeps torch out of the API
 
         t = time.perf_counter()
         result["samples"] = generate_samples(model, tokenizer, spec.samples, hooks)
@@ -163,13 +160,13 @@ def evaluate_model(
     result["num_layers"] = num_layers_of(model.config)
     result["generation_tokens_per_s"] = None
     if next(model.parameters()).device.type == "cuda":
-        from layerprune.core.evaluate.speed import generation_tokens_per_s
+        from layerprune.core.evaluate.speed import generation_tokens_per_s  # noqa: PLC0415 - keeps torch out of the API
 
         t = time.perf_counter()
         result["generation_tokens_per_s"] = generation_tokens_per_s(model)
         timings["generation_s"] = time.perf_counter() - t
     if spec.speed is not None and with_speed:
-        from layerprune.core.evaluate.speed import measure_speed
+        from layerprune.core.evaluate.speed import measure_speed  # noqa: PLC0415 - keeps torch out of the API
 
         t = time.perf_counter()
         result["speed"] = measure_speed([model], spec.speed, within(hooks, *parts["speed"], task="speed"))[0]

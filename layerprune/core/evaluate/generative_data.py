@@ -27,6 +27,7 @@ from typing import Any
 from layerprune.core import bundled
 from layerprune.core.errors import DatasetError, SpecError
 from layerprune.core.evaluate.loaders import _olmes_docs
+from layerprune.core.textdata import read_jsonl
 
 Doc = dict[str, Any]
 
@@ -88,7 +89,7 @@ def read_gsm8k_train_file(path: Path, param: str) -> list[Doc]:
     if not path.is_file():
         raise DatasetError(f"{path} not found", param=param)
     if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # noqa: PLC0415 - keeps pyarrow (~0.8 s) out of the API
 
         try:
             rows = pq.read_table(path).to_pylist()
@@ -101,8 +102,6 @@ def read_gsm8k_train_file(path: Path, param: str) -> list[Doc]:
             return _check_gsm8k_rows(json.loads(text), path.name, param)
         except ValueError as exc:
             raise DatasetError(f"{path.name}: not valid JSON ({exc})", param=param) from exc
-    from layerprune.core.textdata import read_jsonl
-
     return _check_gsm8k_rows(read_jsonl(path, param=param), path.name, param)
 
 
@@ -114,7 +113,7 @@ def load_gsm8k_train(ref: str | None, param: str) -> list[Doc]:
     if ref is not None:
         return read_gsm8k_train_file(Path(ref), param)
     try:
-        import datasets
+        import datasets  # noqa: PLC0415 - optional (not a dependency), ~7 s; hub split only
 
         ds = datasets.load_dataset(*GSM8K_HUB, split="train")
     except Exception as exc:  # noqa: BLE001 - offline mode, network and hub errors all mean "not available"

@@ -34,6 +34,7 @@ from typing import Any
 from layerprune.core import bundled
 from layerprune.core.errors import DatasetError
 from layerprune.core.evaluate.tasks import TaskDef
+from layerprune.core.textdata import read_jsonl
 
 Doc = dict[str, Any]
 
@@ -133,13 +134,11 @@ def read_wikitext(path: Path, *, param: str | None = "evaluate.perplexity.datase
     Rows are the raw lines of the original file, each ending with its newline (or empty), so
     concatenating them gives the original text back; that text is what perplexity is measured on.
     """
-    from layerprune.core.textdata import read_jsonl
-
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"{path} not found", param=param)
     if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # noqa: PLC0415 - keeps pyarrow (~0.8 s) out of the API
 
         try:
             table = pq.read_table(path)

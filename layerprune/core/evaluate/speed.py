@@ -30,9 +30,11 @@ from typing import Any
 
 import torch
 
+from layerprune.core.device import pick_device
 from layerprune.core.errors import SpecError
 from layerprune.core.evaluate.loglik import _cache_kwarg, model_max_length
 from layerprune.core.hooks import NO_HOOKS, Hooks
+from layerprune.core.loading import load_model
 from layerprune.core.spec import SpeedSpec
 
 FIGURES = ("prefill_tokens_per_s", "decode_tokens_per_s")
@@ -134,9 +136,6 @@ def _summary(model: Any, runs: dict[int, tuple[list[float], list[float]]], spec:
 def measure_model_dirs(model_dirs: Sequence[Path], spec: SpeedSpec, hooks: Hooks = NO_HOOKS,
                        device: Any = None) -> list[dict[str, Any]]:
     """:func:`measure_speed` of the models in ``model_dirs`` (base first), loaded as evaluation loads them."""
-    from layerprune.core.device import pick_device
-    from layerprune.core.loading import load_model
-
     device = torch.device(device) if device is not None else pick_device()
     if device.type != "cuda":
         models = [load_model(Path(d), device=device)[0] for d in model_dirs]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from layerprune.core.errors import DatasetError, DeviceUnavailableError, SpecError
-from layerprune.core.finetune.data import validate_rows
+from layerprune.core.finetune.data import split_validation, tokenize_examples, validate_rows
 from layerprune.core.hooks import NO_HOOKS, Hooks
 from layerprune.core.spec import FinetuneSpec
 from layerprune.core.textdata import load_rows
@@ -73,7 +73,7 @@ def load_examples(spec: FinetuneSpec) -> list[dict[str, Any]]:
 
 
 def _source_dtype(source_dir: Path):  # type: ignore[no-untyped-def]
-    import torch
+    import torch  # noqa: PLC0415 - keeps torch out of the API
 
     cfg = json.loads((source_dir / "config.json").read_text())
     name = cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
@@ -86,11 +86,11 @@ def _load_teacher(teacher_dir: Path, student_config: Any, spec: FinetuneSpec, ho
 
     Called by the training loop through a closure, so that the distiller holds the only
     reference and can free the teacher once its targets are all cached."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    import torch  # noqa: PLC0415 - keeps torch out of the API
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415 - keeps torch out of the API
 
-    from layerprune.core.architecture import find_decoder_parts, text_config
-    from layerprune.core.finetune import lora
+    from layerprune.core.architecture import find_decoder_parts, text_config  # noqa: PLC0415 - keeps torch out of the API
+    from layerprune.core.finetune import lora  # noqa: PLC0415 - keeps torch out of the API
 
     if quantized:
         teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, quantization_config=lora.quantization_config(),
@@ -139,14 +139,13 @@ def finetune_model(source_dir: Path, spec: FinetuneSpec, out_dir: Path, work_dir
     autocast. fp16 is not used for training (it would need loss scaling): it falls back to fp32.
     The output is saved in the source's dtype.
     """
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    import torch  # noqa: PLC0415 - keeps torch out of the API
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 - keeps torch out of the API
 
-    from layerprune.core.architecture import count_params, find_decoder_parts, num_layers_of
-    from layerprune.core.device import pick_device, pick_dtype
-    from layerprune.core.finetune import lora, methods
-    from layerprune.core.finetune.data import split_validation, tokenize_examples
-    from layerprune.core.finetune.loop import Teacher, TrainConfig, train
+    from layerprune.core.architecture import count_params, find_decoder_parts, num_layers_of  # noqa: PLC0415 - keeps torch out of the API
+    from layerprune.core.device import pick_device, pick_dtype  # noqa: PLC0415 - keeps torch out of the API
+    from layerprune.core.finetune import lora, methods  # noqa: PLC0415 - keeps torch out of the API
+    from layerprune.core.finetune.loop import Teacher, TrainConfig, train  # noqa: PLC0415 - keeps torch out of the API
 
     source_dir, out_dir, work_dir = Path(source_dir), Path(out_dir), Path(work_dir)
     if spec.method == "none":
@@ -175,7 +174,7 @@ def finetune_model(source_dir: Path, spec: FinetuneSpec, out_dir: Path, work_dir
     compute = dtype if dtype is not None else (torch.bfloat16 if quantized else pick_dtype(device))
     teacher_src = Path(teacher_dir) if teacher_dir is not None else source_dir
     if spec.objective == "distill":
-        from layerprune.core.finetune.distill import check_teacher_fits, weights_bytes_as
+        from layerprune.core.finetune.distill import check_teacher_fits, weights_bytes_as  # noqa: PLC0415 - keeps torch out of the API
 
         as_dtype = torch.float32 if compute == torch.float16 else compute
         check_teacher_fits(weights_bytes_as(teacher_src, as_dtype, quantized),

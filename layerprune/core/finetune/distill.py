@@ -35,9 +35,11 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from layerprune.core.architecture import find_decoder_parts, text_config
 from layerprune.core.errors import SpecError
 from layerprune.core.finetune.trunk_cache import TrunkCache
 from layerprune.core.hooks import Hooks
+from layerprune.core.loading import weights_bytes
 from layerprune.core.spec import FinetuneSpec
 
 TARGET_DTYPE = torch.float16
@@ -124,8 +126,6 @@ class Distiller:
     def __init__(self, teacher: nn.Module, spec: FinetuneSpec, student_last_layer: nn.Module,
                  device: torch.device, hooks: Hooks, *, cache_shapes: dict[int, tuple[int, int]] | None = None,
                  work_dir: Path | None = None, memory_limit: int = 0) -> None:
-        from layerprune.core.architecture import find_decoder_parts, text_config
-
         self.teacher: nn.Module | None = teacher
         self.teacher_last_layer: nn.Module | None = find_decoder_parts(teacher).layers[-1]
         self.student_last_layer = student_last_layer
@@ -259,8 +259,6 @@ def check_teacher_fits(teacher_bytes: int, student_bytes: int, device: torch.dev
 
 def weights_bytes_as(model_dir: Path, dtype: torch.dtype, quantized: bool) -> int:
     """Bytes of a model's weights once loaded (4-bit NF4 counted as half a byte a parameter)."""
-    from layerprune.core.loading import weights_bytes
-
     if quantized:
         return weights_bytes(model_dir, torch.int8) // 2
     return weights_bytes(model_dir, dtype)

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from layerprune.core.errors import SpecError
 from layerprune.core.spec import FinetuneSpec
@@ -20,7 +21,7 @@ ADAPTER_DIR = "adapter"
 
 
 def lora_config(spec: FinetuneSpec) -> Any:
-    from peft import LoraConfig, TaskType
+    from peft import LoraConfig, TaskType  # noqa: PLC0415 - peft (~13 s): lora/qlora jobs only
 
     return LoraConfig(r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout,
                       target_modules=list(spec.lora_target_modules), task_type=TaskType.CAUSAL_LM, bias="none")
@@ -28,7 +29,7 @@ def lora_config(spec: FinetuneSpec) -> Any:
 
 def wrap_lora(model: nn.Module, spec: FinetuneSpec) -> nn.Module:
     """A peft model whose only trainable parameters are the LoRA adapters."""
-    from peft import get_peft_model
+    from peft import get_peft_model  # noqa: PLC0415 - peft (~13 s): lora/qlora jobs only
 
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [t for t in spec.lora_target_modules if t not in names]
@@ -42,14 +43,12 @@ def wrap_lora(model: nn.Module, spec: FinetuneSpec) -> nn.Module:
 
 
 def quantization_config() -> Any:
-    from transformers import BitsAndBytesConfig
-
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=torch.bfloat16)
 
 
 def prepare_qlora(model: nn.Module, spec: FinetuneSpec) -> nn.Module:
-    from peft import prepare_model_for_kbit_training
+    from peft import prepare_model_for_kbit_training  # noqa: PLC0415 - peft (~13 s): lora/qlora jobs only
 
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return wrap_lora(model, spec)
@@ -58,8 +57,7 @@ def prepare_qlora(model: nn.Module, spec: FinetuneSpec) -> nn.Module:
 def export_merged(peft_model: Any, out_dir: Path, *, source_dir: Path, dtype: torch.dtype, quantized: bool,
                   device: torch.device | None = None) -> nn.Module:
     """Save the adapter under ``out_dir/adapter`` and the merged plain model in ``out_dir``."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    from peft import PeftModel  # noqa: PLC0415 - peft (~13 s): lora/qlora jobs only
 
     out_dir.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(out_dir / ADAPTER_DIR)

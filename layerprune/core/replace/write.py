@@ -25,6 +25,7 @@ from layerprune.core.replace.fit import NormalEquations, evaluate, optimise_cosi
 from layerprune.core.replace.fold import write_folds
 from layerprune.core.replace.plan import Run, check_additive, find_site, runs_of
 from layerprune.core.spec import ReplaceSpec
+from layerprune.core.streaming import stream_prune
 
 
 def _fit_device(model: Any) -> torch.device:
@@ -121,8 +122,6 @@ def write_with_maps(src_dir: Path, out_dir: Path, removed: Sequence[int], module
                     sites: Sequence[Any], maps: Sequence[torch.Tensor], hooks: Hooks = NO_HOOKS
                     ) -> tuple[dict[str, Any], list[str]]:
     """Plain removal of ``removed`` from ``src_dir`` into ``out_dir``, then each map folded in place."""
-    from layerprune.core.streaming import stream_prune
-
     summary = stream_prune(src_dir, out_dir, removed, hooks)
     keys = write_folds(out_dir, module_prefix, summary["keep"], list(zip(sites, maps, strict=True)))
     return summary, keys

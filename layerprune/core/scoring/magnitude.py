@@ -17,6 +17,7 @@ from typing import BinaryIO
 
 import torch
 from torch import nn
+from transformers import AutoConfig
 
 from layerprune.core.architecture import find_decoder_parts, meta_model
 from layerprune.core.errors import ModelSourceError, SpecError
@@ -87,8 +88,6 @@ def magnitude_scores_from_files(model_dir: Path, p: int, semantics: str = "paper
     are therefore ignored, as the in-memory score ignores them. Peak memory is one tensor's bytes
     plus a 128 MB float64 chunk.
     """
-    from transformers import AutoConfig
-
     model_dir = Path(model_dir)
     config = AutoConfig.from_pretrained(model_dir)
     parts = find_decoder_parts(meta_model(config))

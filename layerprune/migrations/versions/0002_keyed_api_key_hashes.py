@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from alembic import op
 
+from layerprune.db.keys import SCHEME_HMAC, SCHEME_SHA256, key_secret_or_none, upgrade_hash
 from layerprune.db.models import UTCDateTime
 
 revision = "0002"
@@ -36,8 +37,6 @@ _keys = sa.table("api_keys", sa.column("id", sa.String), sa.column("key_hash", s
 def upgrade() -> None:
     with op.batch_alter_table("api_keys") as batch:
         batch.add_column(sa.Column("hash_scheme", sa.String(16), nullable=False, server_default="sha256"))
-
-    from layerprune.db.keys import SCHEME_HMAC, SCHEME_SHA256, key_secret_or_none, upgrade_hash
 
     secret = key_secret_or_none()
     if secret is None:
