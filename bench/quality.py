@@ -126,6 +126,7 @@ def cpu_seconds() -> float:
 
 def evaluate(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     from layerprune.core.evaluate import evaluate_model
+    from layerprune.core.evaluate.report import mean_accuracy
     from layerprune.core.spec import EvaluateSpec
 
     spec = EvaluateSpec.model_validate({
@@ -139,7 +140,7 @@ def evaluate(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "perplexity": res["perplexity"]["value"],
         "acc": accs,
-        "mean_acc": sum(accs.values()) / len(accs),
+        "mean_acc": mean_accuracy(res),  # the one definition the demo, the CLI and studies use
         "params": res["params"],
         "num_layers": res["num_layers"],
         "eval_s": round(time.perf_counter() - t0, 1),
