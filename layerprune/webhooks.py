@@ -59,10 +59,11 @@ from sqlalchemy import select, update
 
 from layerprune.core.errors import LayerPruneError
 from layerprune.db.events import add_event
-from layerprune.db.models import Job
+from layerprune.db.models import Job, Study
 from layerprune.db.models import WebhookDelivery as D
 from layerprune.metrics import WEBHOOK_DELIVERIES
 from layerprune.queue.job_object import job_object
+from layerprune.queue.study_object import study_public
 from layerprune.settings import Settings, get_settings
 
 log = logging.getLogger("layerprune.webhooks")
@@ -288,9 +289,6 @@ def deliver_one(session_factory: Callable[[], Any], delivery_id: str, *, setting
         hook = (job.spec or {}).get("webhook") or {}
         data = job_object(job)
         if row.study_id is not None:  # a study's delivery: the study object, signed with its secret
-            from layerprune.db.models import Study
-            from layerprune.queue.study_object import study_public
-
             study = session.get(Study, row.study_id)
             if study is None:
                 row.status, row.last_error = "failed", "study deleted"

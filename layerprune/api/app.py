@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from layerprune.api.body_limit import BodyLimitMiddleware
 from layerprune.api.body_timeout import BodyTimeoutMiddleware
@@ -36,7 +37,9 @@ from layerprune.api.routes import (
     retention,
     studies,
 )
-from layerprune.db.keys import key_secret
+from layerprune.db.keys import bootstrap_keys, key_secret
+from layerprune.db.migrate import SchemaBehindError, ensure_schema
+from layerprune.db.session import session_scope
 from layerprune.logs import bind, configure_logging
 from layerprune.queue.sweeper import Sweeper
 from layerprune.settings import Settings, get_settings
@@ -55,10 +58,6 @@ newest first, with `limit` (1..100) and `after=<id>`. POSTs that create take an 
 def _startup_work(settings: Settings) -> bool:
     """Migrations (db.migrate.ensure_schema's policy) and bootstrap keys; True once done (False: the
     database is not reachable yet, or LAYERPRUNE_AUTO_MIGRATE=0 and nobody has migrated it yet)."""
-    from layerprune.db.keys import bootstrap_keys
-    from layerprune.db.migrate import SchemaBehindError, ensure_schema
-    from layerprune.db.session import session_scope
-
     url = settings.effective_database_url
     try:
         ensure_schema(settings)
@@ -129,8 +128,6 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Tru
     app.add_middleware(BodyTimeoutMiddleware, seconds=settings.request_body_timeout_seconds)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
-        from fastapi.middleware.cors import CORSMiddleware
-
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
                            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Range",
                                           "If-None-Match", "If-Range", "Last-Event-ID"],

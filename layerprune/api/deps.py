@@ -40,6 +40,7 @@ from layerprune.api.job_cache import JobCache
 from layerprune.api.job_changes import feed_for
 from layerprune.api.key_cache import KeyCache
 from layerprune.db.keys import tenant_for_key
+from layerprune.db.session import get_engine, pool_capacity, read_session_factory, session_factory
 from layerprune.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`")
@@ -177,8 +178,6 @@ async def _refresh_key(app: FastAPI, key: str) -> None:
 
 def install_sessions(app: FastAPI, settings: Settings) -> None:
     """The app's session factories, key cache and write slots (checked against the pool)."""
-    from layerprune.db.session import get_engine, pool_capacity, read_session_factory, session_factory
-
     url = settings.effective_database_url
     app.state.session_factory = session_factory(url)
     app.state.read_session_factory = read_session_factory(url)

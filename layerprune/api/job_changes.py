@@ -29,6 +29,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from sqlalchemy.engine import make_url
 
 from layerprune.api.job_cache import JobCache
@@ -167,8 +168,6 @@ class PostgresChanges:
             delay = min(delay * 2, RETRY_MAX_S)
 
     async def _listen(self, cache: JobCache) -> None:
-        import psycopg
-
         assert self._wake is not None
         conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True, connect_timeout=5,
                                                      application_name=APPLICATION_NAME, **KEEPALIVES)

@@ -15,6 +15,7 @@ import asyncio
 import json
 from typing import Any
 
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from layerprune.api.errors import error_body
@@ -93,8 +94,6 @@ def uvicorn_options(settings: Settings, log_level: str | None = None) -> dict[st
 
 
 def serve(app: Any, host: str, port: int, settings: Settings, log_level: str | None = None) -> None:
-    import uvicorn
-
     # One process: the app's background sweeps (outbox, reaper) expect one API per database
     # connection pool; scale out with more replicas behind a load balancer instead.
     uvicorn.run(app, host=host, port=port, **uvicorn_options(settings, log_level))

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from layerprune.api.errors import ApiError
+from layerprune.api.routes.jobs import _dispatch
 from layerprune.api.routing import queue_for
 from layerprune.api.schemas import JobCreate
 from layerprune.api.validation import validate_job_spec
@@ -29,6 +30,7 @@ from layerprune.db.studies import create_study, link_job, mark_cancel_requested,
 from layerprune.queue.transitions import JobStateConflict, create_job, request_cancel
 from layerprune.settings import Settings
 from layerprune.studies.spec import Candidate, StudySpec, baseline_spec, expand
+from layerprune.webhooks import validate_webhook_url
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +96,6 @@ def validate_study(session: Session, tenant: str, study: StudySpec,
     for i, c in enumerate(candidates):
         out.append((c, _validated_job(session, tenant, c.job_spec, settings, c, i)))
     if study.webhook is not None:
-        from layerprune.webhooks import validate_webhook_url
-
         validate_webhook_url(study.webhook.url, settings)
     return baseline, out
 
@@ -129,8 +129,6 @@ def create_study_jobs(session: Session, tenant: str, study_spec: StudySpec, base
 
 def dispatch_jobs(session: Session, jobs: list[Job]) -> None:
     """Send each job to the broker as ``POST /v1/jobs`` does (the outbox sweep covers a failure)."""
-    from layerprune.api.routes.jobs import _dispatch
-
     for job in jobs:
         _dispatch(session, job.id, job.queue, job.priority)
 

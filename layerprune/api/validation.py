@@ -19,6 +19,7 @@ from typing import Any
 
 from huggingface_hub import try_to_load_from_cache
 from sqlalchemy.orm import Session
+from tokenizers import Tokenizer  # the Rust tokenizer alone: no torch, no transformers
 
 from layerprune.api.file_checks import GSM8K, PURPOSE_FORMATS, TEXTS, read_formats
 from layerprune.api.schemas import JobCreate
@@ -31,11 +32,15 @@ from layerprune.core.errors import (
     SpecError,
     UnsupportedArchitectureError,
 )
+from layerprune.core.finetune import check_finetune_spec
+from layerprune.core.finetune.data import FIELDS, prompt_and_response
 from layerprune.core.layer_plan import check_layer_plan, num_layers_of
+from layerprune.core.sources import local_model_path, validate_model_ref
 from layerprune.core.spec import DATASET_FIELDS, JobSpec
 from layerprune.db.files import get_file
 from layerprune.db.jobs import get_job
 from layerprune.settings import Settings
+from layerprune.webhooks import validate_webhook_url
 
 # Metadata is matched by exact key and value in ``GET /v1/jobs?metadata[key]=value``; the same
 # rules hold where it is stored (POST) and where it is asked for (the query), so anything that
@@ -70,8 +75,6 @@ def validate_job_spec(session: Session, tenant: str, spec: JobCreate, settings: 
     _check_files(session, tenant, spec)
     _check_gsm8k_train(spec)
     if spec.webhook is not None:
-        from layerprune.webhooks import validate_webhook_url
-
         validate_webhook_url(spec.webhook.url, settings)
     if spec.finetune is not None and spec.finetune.method == "qlora" and not cuda_workers(settings):
         raise DeviceUnavailableError(
@@ -84,8 +87,6 @@ def validate_job_spec(session: Session, tenant: str, spec: JobCreate, settings: 
     if spec.prune is not None:
         remaining = check_layer_plan(spec.prune, layers).remaining
     if spec.finetune is not None:
-        from layerprune.core.finetune import check_finetune_spec
-
         _check_prompt_fits(spec, settings)
 
         ft = spec.finetune
@@ -98,15 +99,13 @@ def cuda_workers(settings: Settings) -> bool:
     if settings.cuda_workers is not None:
         return settings.cuda_workers
     try:
-        import torch
+        import torch  # noqa: PLC0415 - keeps torch out of the API when LAYERPRUNE_CUDA_WORKERS is set
     except ImportError:
         return False
     return bool(torch.cuda.is_available())
 
 
 def _check_model_ref(session: Session, tenant: str, spec: JobSpec, settings: Settings) -> None:
-    from layerprune.core.sources import validate_model_ref
-
     validate_model_ref(spec.model, settings.model_root_paths)
     if refs.is_job(spec.model):
         job = get_job(session, tenant, refs.job_id(spec.model))
@@ -163,8 +162,6 @@ def _check_file_kind(spec: JobSpec, path: str, file_id: str, storage_path: str) 
 
 def _shortest_prompt(fmt: str) -> str | None:
     """The prompt of ``fmt`` around empty fields (core's own template), or None: no template."""
-    from layerprune.core.finetune.data import FIELDS, prompt_and_response
-
     row = dict.fromkeys(FIELDS.get(fmt, {}), "")
     try:
         prompt, _ = prompt_and_response(row, fmt, None)
@@ -181,8 +178,6 @@ def _tokenizer_file(spec: JobSpec, settings: Settings) -> Path | None:
     elif refs.is_job(ref):
         folder = None
     else:
-        from layerprune.core.sources import local_model_path
-
         folder = local_model_path(ref, settings.model_root_paths)
     if folder is None or not (folder / "tokenizer.json").is_file():
         return None
@@ -191,8 +186,6 @@ def _tokenizer_file(spec: JobSpec, settings: Settings) -> Path | None:
 
 @lru_cache(maxsize=8)
 def _tokenizer(path: str, _mtime_ns: int) -> Any:
-    from tokenizers import Tokenizer  # the Rust tokenizer alone: no torch, no transformers
-
     return Tokenizer.from_file(path)
 
 
@@ -251,8 +244,6 @@ def model_layer_count(session: Session, tenant: str, spec: JobSpec, settings: Se
         result = (job.result if job is not None else None) or {}
         value = result.get("num_layers_after")
         return int(value) if isinstance(value, int) else None
-    from layerprune.core.sources import local_model_path
-
     local = local_model_path(ref, settings.model_root_paths)
     if local is None:
         return _hub_layer_count(ref, spec.revision)

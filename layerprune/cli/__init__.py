@@ -25,6 +25,9 @@ import os
 import sys
 from collections.abc import Sequence
 
+from layerprune.cli.demo import add_demo_arguments, run_demo
+from layerprune.cli.study import add_parsers as add_study_parsers
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -102,8 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
     jp.add_argument("--wait", action="store_true", help="wait until it is cancelled")
     _add_server_options(jp)
 
-    from layerprune.cli.study import add_parsers as add_study_parsers
-
     add_study_parsers(sub, _add_server_options)
 
     p = sub.add_parser("download", help="download a finished job's model (resumable, sha256-verified)")
@@ -127,8 +128,6 @@ def build_parser() -> argparse.ArgumentParser:
     fp = fsub.add_parser("delete", help="delete an uploaded file")
     fp.add_argument("file_id")
     _add_server_options(fp)
-
-    from layerprune.cli.demo import add_demo_arguments
 
     p = sub.add_parser(
         "demo",
@@ -163,14 +162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)  # --help prints: inside main's try too
     if args.command in ("serve", "worker", "migrate", "keys"):
-        from layerprune.cli import local
+        from layerprune.cli import local  # noqa: PLC0415 - cycle (it reads our exit codes); SQLAlchemy for these commands only
 
         return local.run(args)
     if args.command == "demo":
-        from layerprune.cli.demo import run_demo
-
         return run_demo(args)
-    from layerprune.cli import remote
+    from layerprune.cli import remote  # noqa: PLC0415 - cycle: cli.remote reads our exit codes
 
     return remote.run(args)
 

@@ -15,6 +15,8 @@ from layerprune.cli import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABL
 from layerprune.cli.follow import follow
 from layerprune.cli.progress import ProgressView
 from layerprune.cli.render import human_bytes, jobs_table, summary_table, table
+from layerprune.cli.study import cmd_studies as run_studies
+from layerprune.cli.study import cmd_study as run_study
 from layerprune.client import Artifact, Job, LayerPruneAPIError, LayerPruneClient, LayerPruneError
 
 
@@ -249,14 +251,10 @@ _OUTCOMES = {"ok": EXIT_OK, "failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED}
 
 
 def cmd_study(client: LayerPruneClient, args: argparse.Namespace) -> int:
-    from layerprune.cli.study import cmd_study as run_study
-
     return _OUTCOMES[run_study(client, args, load_spec)]
 
 
 def cmd_studies(client: LayerPruneClient, args: argparse.Namespace) -> int:
-    from layerprune.cli.study import cmd_studies as run_studies
-
     return _OUTCOMES[run_studies(client, args)]
 
 

@@ -13,12 +13,18 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers import AutoModelForCausalLM
 
 from layerprune.core.errors import UnsupportedArchitectureError
 
 # The layer count is read by one torch-free module (the API reads config.json with it too);
 # re-exported here, where the model-surgery code looks for it.
 from layerprune.core.layer_plan import LAYER_COUNT_KEYS, layer_count_key, num_layers_of, text_config  # noqa: F401
+
+try:  # skips the (meaningless on meta) random init: 12 ms instead of 20 for the bundled model
+    from transformers.initialization import no_init_weights
+except ImportError:  # pragma: no cover - older transformers 5 releases
+    no_init_weights = contextlib.nullcontext
 
 
 @dataclass(frozen=True)
@@ -105,12 +111,6 @@ def count_params(model: nn.Module) -> int:
 
 def meta_model(config):  # type: ignore[no-untyped-def]
     """Instantiate a model from its config on the meta device: structure only, no memory."""
-    from transformers import AutoModelForCausalLM
-
-    try:  # skips the (meaningless on meta) random init: 12 ms instead of 20 for the bundled model
-        from transformers.initialization import no_init_weights
-    except ImportError:  # pragma: no cover - older transformers 5 releases
-        no_init_weights = contextlib.nullcontext
     with no_init_weights(), torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
         # Under no_init_weights transformers leaves tied weights (tie_word_embeddings) as two

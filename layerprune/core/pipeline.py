@@ -26,9 +26,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import AutoConfig
+
+from layerprune.core.architecture import count_params, meta_model, num_layers_of
+from layerprune.core.device import pick_device, pick_dtype
+from layerprune.core.evaluate import compare_results, evaluate_model, weights_size_bytes
+from layerprune.core.evaluate.speed import measure_model_dirs
+from layerprune.core.export import write_model_card_and_record
+from layerprune.core.finetune import check_finetune_spec, finetune_model
+from layerprune.core.finetune.distill import check_teacher_fits, weights_bytes_as
 from layerprune.core.hooks import Hooks
 from layerprune.core.layer_plan import check_layer_plan
-from layerprune.core.scoring.cache import ResultCache
+from layerprune.core.progress import evaluate_stage_parts, within
+from layerprune.core.prune import prune_model
+from layerprune.core.scoring.cache import BASE_EVALUATION, ResultCache, cache_key, model_identity
 from layerprune.core.spec import JobSpec
 
 STAGES = ("prune", "finetune", "evaluate", "export")
@@ -96,17 +108,11 @@ def _done(work_dir: Path, stage: str) -> dict[str, Any] | None:
 
 def model_size_bytes(model_dir: Path) -> int:
     """Bytes of a saved model's weight files (the evaluation reports the same figure)."""
-    from layerprune.core.evaluate import weights_size_bytes
-
     return weights_size_bytes(model_dir)
 
 
 def model_shape(model_dir: Path) -> tuple[int, int]:
     """(decoder layers, parameters) of a saved model, from its config alone (nothing loaded)."""
-    from transformers import AutoConfig
-
-    from layerprune.core.architecture import count_params, meta_model, num_layers_of
-
     config = AutoConfig.from_pretrained(model_dir)
     return num_layers_of(config), count_params(meta_model(config))
 
@@ -217,18 +223,11 @@ def _check_finetune_early(spec: JobSpec, num_layers: int, base_dir: Path) -> Non
     """Refuse an impossible fine-tune before spending hours on pruning."""
     if spec.finetune is None or spec.finetune.method == "none":
         return
-    import torch
-
-    from layerprune.core.finetune import check_finetune_spec
-
     after = num_layers
     if spec.prune is not None:
         after = check_layer_plan(spec.prune, num_layers).remaining
     check_finetune_spec(spec.finetune, after, cuda_available=torch.cuda.is_available())
     if spec.finetune.objective == "distill":
-        from layerprune.core.device import pick_device, pick_dtype
-        from layerprune.core.finetune.distill import check_teacher_fits, weights_bytes_as
-
         device = pick_device()
         quantized = spec.finetune.method == "qlora"
         dtype = torch.bfloat16 if quantized else pick_dtype(device)
@@ -240,16 +239,12 @@ def _check_finetune_early(spec: JobSpec, num_layers: int, base_dir: Path) -> Non
 
 
 def _model_id(source: Any) -> str | None:
-    from layerprune.core.scoring.cache import model_identity
-
     files = getattr(source, "files", None)
     return model_identity(files) if files else None
 
 
 def _run_prune(spec: JobSpec, model_dir: Path, work_dir: Path, hooks: Hooks, cache: ResultCache | None = None,
                model_id: str | None = None) -> dict[str, Any]:
-    from layerprune.core.prune import prune_model
-
     assert spec.prune is not None
     out_dir = work_dir / "prune"
     shutil.rmtree(out_dir, ignore_errors=True)  # a half-written output of a killed attempt
@@ -263,8 +258,6 @@ def _run_prune(spec: JobSpec, model_dir: Path, work_dir: Path, hooks: Hooks, cac
 def _heal_round_fn(spec: JobSpec, base_dir: Path, work_dir: Path, hooks: Hooks) -> Callable[..., Any]:
     """Healing between rounds of iterative pruning: the job's finetune spec on the round's model
     (distillation's teacher is the job's input model in every round)."""
-    from layerprune.core.finetune import finetune_model
-
     assert spec.finetune is not None
 
     def heal_round(pruned_dir: Path, round_index: int) -> Path:
@@ -278,8 +271,6 @@ def _heal_round_fn(spec: JobSpec, base_dir: Path, work_dir: Path, hooks: Hooks) 
 
 
 def _run_finetune(spec: JobSpec, model_dir: Path, base_dir: Path, work_dir: Path, hooks: Hooks) -> dict[str, Any]:
-    from layerprune.core.finetune import finetune_model
-
     assert spec.finetune is not None
     out_dir = work_dir / "finetune"
     # finetune_work/ keeps its checkpoints across attempts: training resumes from the last one.
@@ -293,14 +284,9 @@ def _base_evaluation(spec: JobSpec, base_dir: Path, hooks: Hooks, cache: ResultC
                      model_id: str | None) -> dict[str, Any]:
     """The input model's evaluation (no speed: that is measured beside the other model), shared
     through ``cache`` with every job that evaluates the same model content the same way."""
-    from layerprune.core.evaluate import evaluate_model
-    from layerprune.core.scoring.cache import BASE_EVALUATION, cache_key
-
     assert spec.evaluate is not None
     if cache is None or model_id is None:
         return evaluate_model(base_dir, spec.evaluate, hooks, with_speed=False)
-    from layerprune.core.device import pick_device, pick_dtype
-
     device = pick_device()
     settings = spec.evaluate.model_dump(mode="json", exclude={"speed", "compare_base"})
     key = {"model": model_id, "evaluate": settings, "device": device.type, "dtype": str(pick_dtype(device))}
@@ -317,9 +303,6 @@ def _base_evaluation(spec: JobSpec, base_dir: Path, hooks: Hooks, cache: ResultC
 
 def _run_evaluate(spec: JobSpec, base_dir: Path, model_dir: Path, changed: bool, work_dir: Path,
                   hooks: Hooks, cache: ResultCache | None = None, model_id: str | None = None) -> dict[str, Any]:
-    from layerprune.core.evaluate import compare_results, evaluate_model
-    from layerprune.core.progress import evaluate_stage_parts, within
-
     assert spec.evaluate is not None
     # Each pass reports into its measured share of the stage, labelled (core.progress).
     parts = evaluate_stage_parts(spec.evaluate, changed and spec.evaluate.compare_base)
@@ -341,8 +324,6 @@ def _run_evaluate(spec: JobSpec, base_dir: Path, model_dir: Path, changed: bool,
              else _base_evaluation(spec, base_dir, after_hooks, cache, model_id))
     if spec.evaluate.speed is not None:
         # Measured together, in this process with the same settings (interleaved on CPU: speed.py).
-        from layerprune.core.evaluate.speed import measure_model_dirs
-
         hooks.info("measuring prefill and decode speed")
         dirs = [base_dir, model_dir] if before is not None else [model_dir]
         figures = measure_model_dirs(dirs, spec.evaluate.speed, within(hooks, *parts["speed"], part="speed"))
@@ -355,8 +336,6 @@ def _run_evaluate(spec: JobSpec, base_dir: Path, model_dir: Path, changed: bool,
 
 def _export(spec: JobSpec, source: Any, model_dir: Path, changed: bool, work_dir: Path,
             result: PipelineResult) -> None:
-    from layerprune.core.export import write_model_card_and_record
-
     out = work_dir / OUTPUT_DIR
     if changed:
         _copy_model_dir(model_dir, out)

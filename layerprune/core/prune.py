@@ -26,9 +26,14 @@ from typing import Any
 import torch
 
 from layerprune.core.architecture import count_params, meta_model, num_layers_of
+from layerprune.core.device import pick_device, pick_dtype
 from layerprune.core.errors import DatasetError
 from layerprune.core.hooks import NO_HOOKS, Hooks
 from layerprune.core.layer_plan import LayerPlan, check_layer_plan
+from layerprune.core.loading import load_model, load_tokenizer
+from layerprune.core.removal import remove_layers
+from layerprune.core.replace.plan import runs_of
+from layerprune.core.replace.write import check_foldable, replace_and_write
 from layerprune.core.scoring import (
     calibration_batches,
     choose_layers,
@@ -109,8 +114,6 @@ class _Scorer:
     def _ensure_model(self) -> None:
         if self.pending_dir is None:
             return
-        from layerprune.core.loading import load_model
-
         t0 = time.monotonic()
         model_dir, self.pending_dir = self.pending_dir, None
         self.model, tokenizer = load_model(model_dir, device=self.device)
@@ -120,8 +123,6 @@ class _Scorer:
 
     def calibrate_only(self, model_dir: Path) -> None:
         """The calibration ids alone (tokenizer, no model): their provenance when the scores were cached."""
-        from layerprune.core.loading import load_tokenizer
-
         if self.calibration is None and self.info.needs_calibration:
             self._calibrate(load_tokenizer(model_dir))
 
@@ -138,8 +139,6 @@ class _Scorer:
     def full_model(self, model_dir: Path) -> Any:
         """``model_dir``'s model with all its layers (the scoring model when it is that one), and the
         calibration data, for fitting replacement maps."""
-        from layerprune.core.loading import load_model
-
         if self.pending_dir == model_dir:
             self._ensure_model()
         if self.model is None or not self.intact or self.model_dir != model_dir:
@@ -178,8 +177,6 @@ class _Scorer:
         """Remove layers (current numbering) from the model in memory, for the next round's scores."""
         self._ensure_model()  # the first round's scores may have come from a cache
         if self.model is not None:
-            from layerprune.core.removal import remove_layers
-
             remove_layers(self.model, current)
             self.intact = False
 
@@ -373,8 +370,6 @@ def prune_model(source_dir: Path, spec: PruneSpec, out_dir: Path, hooks: Hooks =
 
 def scores_cache_key(spec: PruneSpec, model_id: str, block_size: int, device: Any) -> dict[str, Any]:
     """Everything the first round's scores of the input depend on (core.scoring.cache)."""
-    from layerprune.core.device import pick_device, pick_dtype
-
     metric = spec.metric
     key: dict[str, Any] = {"model": model_id, "metric": metric, "semantics": spec.semantics}
     if metric_info(metric).needs_model:
@@ -409,8 +404,6 @@ def _cached_first_scores(scorer: _Scorer, source_dir: Path, block_size: int, cac
 
 
 def _check_foldable(scorer: _Scorer) -> None:
-    from layerprune.core.replace.write import check_foldable
-
     assert scorer.calibration is not None
     check_foldable(scorer.model, scorer.calibration)
 
@@ -418,9 +411,6 @@ def _check_foldable(scorer: _Scorer) -> None:
 def _write_replaced(scorer: _Scorer, src: Path, dst: Path, removed_idx: list[int], original: list[int],
                     round_index: int, replaced: list[dict[str, Any]]) -> dict[str, Any]:
     """Remove ``removed_idx`` from ``src`` into ``dst`` with each run replaced by a linear map."""
-    from layerprune.core.replace.plan import runs_of
-    from layerprune.core.replace.write import replace_and_write
-
     spec, t0 = scorer.spec, time.monotonic()
     runs_of(removed_idx)  # a run at layer 0 is refused before a model is loaded for it
     model = scorer.full_model(src)

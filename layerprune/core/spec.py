@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from layerprune.core import refs
+from layerprune.core.bundled import INSTRUCTION_SETS, TEXT_ALIASES, TEXT_SETS
 from layerprune.core.errors import SpecError
 
 BUNDLED_MODEL = "bundled:smollm2-135m-instruct"
@@ -282,16 +283,12 @@ class FinetuneSpec(StrictModel):
 
 
 def _bundled_name(ref: str) -> str:
-    from layerprune.core.bundled import TEXT_ALIASES
-
     name = refs.bundled_name(ref)
     return TEXT_ALIASES.get(name, name)
 
 
 def _check_bundled_format(spec: FinetuneSpec) -> None:
     """A bundled data set has one format: say so now rather than fail on its first row in the worker."""
-    from layerprune.core.bundled import INSTRUCTION_SETS, TEXT_SETS
-
     if not refs.is_bundled(spec.dataset):
         return
     name = _bundled_name(spec.dataset)

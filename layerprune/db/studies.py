@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from layerprune.db import ids
 from layerprune.db.jobs import Page
 from layerprune.db.models import Job, Study, WebhookDelivery, utcnow
+from layerprune.studies.view import study_object
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,6 @@ def mark_cancel_requested(session: Session, study: Study) -> None:
 def finalize_finished(session: Session, limit: int = 100) -> list[str]:
     """Write the terminal status of every unfinished study whose jobs have all ended, and queue its
     webhook (``study.<status>``); returns their ids. The caller's session is committed here."""
-    from layerprune.studies.view import study_object
-
     done: list[str] = []
     open_ids = list(session.scalars(select(Study.id).where(Study.finished_at.is_(None)).order_by(Study.seq)
                                     .limit(limit)))

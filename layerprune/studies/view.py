@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from layerprune.core.evaluate.report import mean_accuracy
 from layerprune.studies.pareto import Point, meets_constraints, params_front, recommend, speed_front
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -31,8 +32,6 @@ def _iso(value: datetime | None) -> str | None:
 
 def mean_acc(tasks: dict[str, Any] | None) -> float | None:
     """Mean multiple-choice accuracy: core.evaluate.report.mean_accuracy, the one definition."""
-    from layerprune.core.evaluate.report import mean_accuracy
-
     return mean_accuracy({"tasks": tasks or {}})
 
 

@@ -36,8 +36,10 @@ from layerprune.artifact_store import get_store
 from layerprune.core import refs
 from layerprune.core.errors import Cancelled, DatasetError, LayerPruneError, ModelSourceError
 from layerprune.core.pipeline import run_pipeline, stages_of
+from layerprune.core.sources import resolve_model
 from layerprune.core.spec import JobSpec
 from layerprune.db.models import File, Job
+from layerprune.db.session import session_factory as default_factory
 from layerprune.queue.transitions import cancel_finish, claim_job, fail_job, finish_job
 from layerprune.settings import Settings, get_settings
 from layerprune.storage import ArtifactStore, StoredFile
@@ -100,8 +102,6 @@ def resolve_job_model(session: Any, tenant: str, ref: str, store: ArtifactStore)
 
 
 def _resolve_source(spec: JobSpec, model_path: Path | None, settings: Settings) -> Any:
-    from layerprune.core.sources import resolve_model
-
     def job_dir(_other_id: str) -> Path:
         # resolve_job_model already checked tenant, status and presence of that job's output.
         if model_path is None:
@@ -116,8 +116,6 @@ def run_job(job_id: str, *, settings: Settings | None = None, session_factory: C
     """Run one attempt of ``job_id``; returns the terminal status reached, or None if not claimed."""
     settings = settings or get_settings()
     if session_factory is None:
-        from layerprune.db.session import session_factory as default_factory
-
         session_factory = default_factory()
     store = store or get_store(settings)
     worker_id = worker_id or make_worker_id()

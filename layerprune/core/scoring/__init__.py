@@ -71,7 +71,7 @@ def score_layers(
         raise SpecError(f"unknown semantics '{semantics}' (one of {', '.join(SEMANTICS)})", param="prune.semantics")
     target = info.scorer
     if target is None:
-        from layerprune.core.architecture import find_decoder_parts
+        from layerprune.core.architecture import find_decoder_parts  # noqa: PLC0415 - keeps torch out of the API (api.routing reads the registry)
 
         return [None] * len(find_decoder_parts(model).layers)
     scorer = _resolve(target)
@@ -95,13 +95,13 @@ def score_layers(
 
 def magnitude_scores_from_files(model_dir: Path, p: int, semantics: str = "paper") -> list[float]:
     """magnitude_l1 (p=1) / magnitude_l2 (p=2) streamed from the safetensors files, never the whole model."""
-    from layerprune.core.scoring.magnitude import magnitude_scores_from_files as stream
+    from layerprune.core.scoring.magnitude import magnitude_scores_from_files as stream  # noqa: PLC0415 - keeps torch out of the API
 
     return stream(Path(model_dir), p, semantics)
 
 
 def calibration_batches(tokenizer: Any, spec: CalibrationSpec) -> torch.Tensor:
     """[num_samples, seq_len] token ids: seeded random windows of the calibration data set."""
-    from layerprune.core.scoring.calibration import calibration_batches as windows
+    from layerprune.core.scoring.calibration import calibration_batches as windows  # noqa: PLC0415 - keeps torch out of the API
 
     return windows(tokenizer, spec)

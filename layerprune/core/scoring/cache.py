@@ -18,7 +18,10 @@ import functools
 import hashlib
 import json
 from collections.abc import Callable, Mapping
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Protocol
+
+from layerprune import __version__
 
 # What is cached, by kind (one folder each in the file cache).
 LAYER_SCORES = "layer_scores"
@@ -41,10 +44,6 @@ class ResultCache(Protocol):
 def software() -> dict[str, str | None]:
     """The versions that compute the figures: an upgrade (a fixed metric, a new kernel) never reads
     what the previous version stored."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    from layerprune import __version__
-
     out: dict[str, str | None] = {"layerprune": __version__}
     for name in ("torch", "transformers"):
         try:
