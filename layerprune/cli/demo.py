@@ -48,7 +48,7 @@ RECIPES = ("recommended", "paper")
 # The question each model answers before and after: a reader sees sense or garbage at a glance.
 SAMPLE_PROMPT = "What is the capital of France?"
 # Sized for two CPU cores (README: measured there): both jobs together stay well under ten minutes.
-DEMO_DEFAULTS = {"max_steps": 30, "batch_size": 4, "learning_rate": 2e-4, "limit": 50, "ppl_windows": 16}
+DEMO_DEFAULTS = {"max_steps": 20, "batch_size": 4, "learning_rate": 2e-4, "limit": 40, "ppl_windows": 16}
 # The options that size the jobs: (demo_spec keyword, type, help); their defaults are DEMO_DEFAULTS.
 _SIZE_OPTIONS = (
     ("max_steps", int, "healing optimizer steps (each recipe)"),

@@ -251,7 +251,7 @@ def comparison_table(results: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         cells = [_fmt_score(name, v) for v in values]
         if _is_perplexity(name):
             # How far each result is from the base, as summary_table's change column says it.
-            cells[1:] = [f"{cell} ({_change(name, values[0], v, relative=True)})" if v is not None else cell
+            cells[1:] = [f"{cell} ({_change(name, values[0], v, relative=False)})" if v is not None else cell
                          for cell, v in zip(cells[1:], values[1:], strict=True)]
         rows.append([name, *cells])
     means = [mean_accuracy(dict(c)) for _, c in columns]
