@@ -31,4 +31,5 @@ def test_generative_tasks_run_in_a_job_with_deltas_and_card(tiny_root, tmp_path)
     assert "ratio" in deltas["lambada_openai"]["perplexity"]
     assert set(deltas["nq_open"]) == {"exact_match,remove_whitespace"}
     card = (tmp_path / "work" / "output" / "README.md").read_text()
-    assert "| lambada_openai | perplexity | lower |" in card and "| gsm8k | exact_match,strict-match | higher |" in card
+    # The card names tasks and metrics as the CLI and the dashboard do (core.units' one table).
+    assert "| LAMBADA | perplexity | lower |" in card and "| GSM8K | exact match (strict-match) | higher |" in card

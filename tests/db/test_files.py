@@ -20,8 +20,6 @@ def test_file_refs_names_each_field_holding_a_file_id() -> None:
     assert files.file_refs({}) == {}
     assert files.file_refs({"finetune": ["file_abc"], "prune": {"calibration": None}}) == {}
     assert files.file_refs({"finetune": {"dataset": 7}, "evaluate": {"gsm8k_train": "filex_1"}}) == {}
-    assert files.spec_value({"a": {"b": {"c": 1}}}, "a.b.c") == 1
-    assert files.spec_value({"a": {"b": 1}}, "a.b.c") is None
 
 
 def _file(tenant: str, name: str, purpose: str = "finetune", deleted: bool = False) -> File:
