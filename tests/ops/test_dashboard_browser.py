@@ -180,7 +180,7 @@ def _replay_real_job(sessions, job_id: str, worker: str, recorded: dict) -> None
 
     with sessions() as s:
         assert claim_job(s, job_id, worker, 60) is not None
-    rep = JobReporter(sessions, job_id, worker, stages_of(JobSpec.model_validate(recorded["spec"])),
+    rep = JobReporter(sessions, job_id, worker, stages_of(JobSpec.from_stored(recorded["spec"])),
                       threading.Event(), interval=0)
     hooks = rep.hooks()
     for evt in recorded["events"]:
