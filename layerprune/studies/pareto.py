@@ -12,7 +12,7 @@ parameters, then by the order of the candidates. None when no candidate qualifie
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -32,42 +32,35 @@ def _at_least(a: float, b: float, higher_is_better: bool) -> bool:
     return a >= b if higher_is_better else a <= b
 
 
-def params_front(points: Sequence[Point], higher_is_better: bool) -> list[str]:
-    """Keys of the candidates no other one dominates on (quality, fewer parameters)."""
-    ok = [p for p in points if p.quality is not None and p.params is not None]
+def _front(points: Sequence[Point], other: Callable[[Point], float | None], higher_is_better: bool) -> list[str]:
+    """Keys of the candidates no other one dominates on (quality, ``other``), ``other`` higher-is-better.
+
+    q dominates p when it is at least as good on both axes and better on one.
+    """
+    ok = [(p, p.quality, other(p)) for p in points if p.quality is not None and other(p) is not None]
     front = []
-    for p in ok:
+    for p, pq, po in ok:
         dominated = False
-        for q in ok:
+        for q, qq, qo in ok:
             if q is p:
                 continue
-            assert q.quality is not None and p.quality is not None and q.params is not None and p.params is not None
-            if (_at_least(q.quality, p.quality, higher_is_better) and q.params <= p.params
-                    and (_better(q.quality, p.quality, higher_is_better) or q.params < p.params)):
+            assert pq is not None and po is not None and qq is not None and qo is not None
+            if _at_least(qq, pq, higher_is_better) and qo >= po and (_better(qq, pq, higher_is_better) or qo > po):
                 dominated = True
                 break
         if not dominated:
             front.append(p.key)
     return front
+
+
+def params_front(points: Sequence[Point], higher_is_better: bool) -> list[str]:
+    """Keys of the candidates no other one dominates on (quality, fewer parameters)."""
+    return _front(points, lambda p: None if p.params is None else -p.params, higher_is_better)
 
 
 def speed_front(points: Sequence[Point], higher_is_better: bool) -> list[str]:
     """Keys of the candidates no other one dominates on (quality, higher speed-up)."""
-    ok = [p for p in points if p.quality is not None and p.speedup is not None]
-    front = []
-    for p in ok:
-        dominated = False
-        for q in ok:
-            if q is p:
-                continue
-            assert q.quality is not None and p.quality is not None and q.speedup is not None and p.speedup is not None
-            if (_at_least(q.quality, p.quality, higher_is_better) and q.speedup >= p.speedup
-                    and (_better(q.quality, p.quality, higher_is_better) or q.speedup > p.speedup)):
-                dominated = True
-                break
-        if not dominated:
-            front.append(p.key)
-    return front
+    return _front(points, lambda p: p.speedup, higher_is_better)
 
 
 def meets_constraints(p: Point, max_params: int | None, min_speedup: float | None) -> bool | None:
