@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from layerprune.api.deps import SessionDep, SettingsDep, TenantDep
 from layerprune.api.errors import ApiError, not_found
+from layerprune.api.idempotent import replayed_id
 from layerprune.api.job_cache import GENERATION_SCOPE_KEY, JobCache
 from layerprune.api.pagination import AfterQuery, LimitQuery, bad_cursor, envelope
 from layerprune.api.routing import queue_for
@@ -37,13 +38,10 @@ _METADATA_PARAM = re.compile(r"^metadata\[(.*)\]$", re.DOTALL)
 
 
 def _replay(session: Any, tenant: str, key: str, digest: str, ttl_hours: int) -> JobPublic | None:
-    replay = idempotency.lookup(session, tenant, key, digest, "job", ttl_hours)
-    if replay is None:
+    object_id = replayed_id(session, tenant, key, digest, "job", ttl_hours)
+    if object_id is None:
         return None
-    if not replay.same_request:
-        raise ApiError(409, "idempotency_key_reused",
-                       "this Idempotency-Key was used with a different request body", param="Idempotency-Key")
-    job = get_job(session, tenant, replay.object_id)
+    job = get_job(session, tenant, object_id)
     if job is None:  # cannot happen (jobs are never deleted), but never answer a 500
         raise ApiError(409, "idempotency_key_reused", "this Idempotency-Key refers to a missing job")
     return JobPublic.from_row(job)

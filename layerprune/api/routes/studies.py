@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from layerprune.api.deps import SessionDep, SettingsDep, TenantDep
 from layerprune.api.errors import ApiError, not_found
+from layerprune.api.idempotent import replayed_id
 from layerprune.api.pagination import AfterQuery, LimitQuery, bad_cursor
 from layerprune.api.routes.jobs import IdempotencyKeyHeader
 from layerprune.api.schemas import error_responses
@@ -40,13 +41,10 @@ STUDY_EXAMPLE = {
 
 
 def _replay(session: Any, tenant: str, key: str, digest: str, ttl_hours: int) -> dict[str, Any] | None:
-    replay = idempotency.lookup(session, tenant, key, digest, "study", ttl_hours)
-    if replay is None:
+    object_id = replayed_id(session, tenant, key, digest, "study", ttl_hours)
+    if object_id is None:
         return None
-    if not replay.same_request:
-        raise ApiError(409, "idempotency_key_reused",
-                       "this Idempotency-Key was used with a different request body", param="Idempotency-Key")
-    study = get_study(session, tenant, replay.object_id)
+    study = get_study(session, tenant, object_id)
     if study is None:
         raise ApiError(409, "idempotency_key_reused", "this Idempotency-Key refers to another kind of object",
                        param="Idempotency-Key")
