@@ -1,7 +1,7 @@
 """A study's jobs: validated, created and dispatched through the jobs code path; cancelled together.
 
 This is the one place studies touch the job queue: ``queue.transitions.create_job`` (as
-``POST /v1/jobs`` calls it), the same dispatch (``routes.jobs._dispatch``) and
+``POST /v1/jobs`` calls it), the same dispatch (``queue.outbox.send_now``) and
 ``queue.transitions.request_cancel``. Each
 candidate is an ordinary job, so more workers finish a study sooner and events, artifacts,
 retries and cancel work as for any job.
@@ -20,13 +20,13 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from layerprune.api.errors import ApiError
-from layerprune.api.routes.jobs import _dispatch
 from layerprune.api.routing import queue_for
 from layerprune.api.schemas import JobCreate
 from layerprune.api.validation import validate_job_spec
 from layerprune.core.errors import LayerPruneError
 from layerprune.db.models import Job, Study
 from layerprune.db.studies import create_study, link_job, mark_cancel_requested, study_jobs
+from layerprune.queue.outbox import send_now
 from layerprune.queue.transitions import JobStateConflict, create_job, request_cancel
 from layerprune.settings import Settings
 from layerprune.studies.spec import Candidate, StudySpec, baseline_spec, expand
@@ -130,7 +130,7 @@ def create_study_jobs(session: Session, tenant: str, study_spec: StudySpec, base
 def dispatch_jobs(session: Session, jobs: list[Job]) -> None:
     """Send each job to the broker as ``POST /v1/jobs`` does (the outbox sweep covers a failure)."""
     for job in jobs:
-        _dispatch(session, job.id, job.queue, job.priority)
+        send_now(session, job.id, job.queue, job.priority)
 
 
 def cancel_study(session: Session, study: Study) -> int:

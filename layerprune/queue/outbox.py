@@ -68,6 +68,25 @@ def pending_dispatch(session: Session, limit: int = 100, *,
     return out
 
 
+def send_now(session: Session, job_id: str, queue: str, priority: int) -> bool:
+    """Send a just-committed job to the broker; on failure leave it in the outbox for the sweeper.
+
+    Never raises: a create route answers 201 whether or not the broker is up, because the job is
+    already safe in the database. Returns whether the job was sent.
+    """
+    try:
+        send_job(job_id, queue, priority)
+    except Exception as exc:  # noqa: BLE001 - broker down: the housekeeping sweep sends it later
+        log.warning("broker unavailable; job %s left for the outbox sweep: %s", job_id, type(exc).__name__)
+        return False
+    try:
+        mark_dispatched(session, job_id, only_if_unsent=True)
+    except Exception:  # noqa: BLE001 - harmless: the sweep sends it again, the claim is atomic
+        session.rollback()
+        log.warning("could not record the dispatch of %s", job_id, exc_info=True)
+    return True
+
+
 def dispatch_pending(
     session_factory: Callable[[], AbstractContextManager[Any]] | Callable[[], Any],
     *,

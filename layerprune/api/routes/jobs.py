@@ -8,12 +8,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from pydantic import TypeAdapter
-from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from layerprune.api.deps import SessionDep, SettingsDep, TenantDep
 from layerprune.api.errors import ApiError, not_found
-from layerprune.api.idempotent import replayed_id
+from layerprune.api.idempotent import create_once
 from layerprune.api.job_cache import GENERATION_SCOPE_KEY, JobCache
 from layerprune.api.pagination import AfterQuery, LimitQuery, bad_cursor, envelope
 from layerprune.api.routing import queue_for
@@ -22,9 +21,9 @@ from layerprune.api.validation import metadata_problem, validate_job_spec
 from layerprune.db import idempotency
 from layerprune.db.jobs import get_job, job_seq, list_jobs
 from layerprune.logs import bind
-from layerprune.queue.celery_app import send_job
+from layerprune.queue.outbox import send_now
 from layerprune.queue.status import StatusLiteral
-from layerprune.queue.transitions import JobStateConflict, create_job, mark_dispatched, request_cancel
+from layerprune.queue.transitions import JobStateConflict, create_job, request_cancel
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -37,13 +36,11 @@ IdempotencyKeyHeader = Annotated[
 _METADATA_PARAM = re.compile(r"^metadata\[(.*)\]$", re.DOTALL)
 
 
-def _replay(session: Any, tenant: str, key: str, digest: str, ttl_hours: int) -> JobPublic | None:
-    object_id = replayed_id(session, tenant, key, digest, "job", ttl_hours)
-    if object_id is None:
-        return None
-    job = get_job(session, tenant, object_id)
+def _load(session: Any, tenant: str, job_id: str) -> JobPublic:
+    job = get_job(session, tenant, job_id)
     if job is None:  # cannot happen (jobs are never deleted), but never answer a 500
-        raise ApiError(409, "idempotency_key_reused", "this Idempotency-Key refers to a missing job")
+        raise ApiError(409, "idempotency_key_reused", "this Idempotency-Key refers to a missing job",
+                       param="Idempotency-Key")
     return JobPublic.from_row(job)
 
 
@@ -64,47 +61,24 @@ def create_job_route(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JobPublic:
     accepted = spec.model_dump(mode="json")  # the stored spec: defaults filled in
-    digest = idempotency.request_hash(accepted)
-    if idempotency_key:
-        replayed = _replay(session, tenant, idempotency_key, digest, settings.idempotency_ttl_hours)
-        if replayed is not None:
-            response.status_code = 200
-            return replayed
-    validate_job_spec(session, tenant, spec, settings)
-    queue = queue_for(spec)
-    try:
-        job = create_job(session, tenant, accepted, queue=queue, max_attempts=settings.max_attempts)
-        if idempotency_key:
-            idempotency.remember(session, tenant, idempotency_key, digest, "job", job.id)
-        session.commit()
-    except IntegrityError:
-        # A concurrent request with the same Idempotency-Key won: answer with its job.
-        session.rollback()
-        if idempotency_key:
-            replayed = _replay(session, tenant, idempotency_key, digest, settings.idempotency_ttl_hours)
-            if replayed is not None:
-                response.status_code = 200
-                return replayed
-        raise
+
+    def create() -> tuple[str, Any]:
+        validate_job_spec(session, tenant, spec, settings)
+        job = create_job(session, tenant, accepted, queue=queue_for(spec), max_attempts=settings.max_attempts)
+        return job.id, job
+
+    outcome = create_once(session, tenant, idempotency_key, idempotency.request_hash(accepted), "job",
+                          settings.idempotency_ttl_hours, load=lambda job_id: _load(session, tenant, job_id),
+                          create=create)
+    if outcome.replayed is not None:
+        response.status_code = 200
+        return outcome.replayed
+    job = outcome.created
     with bind(job_id=job.id, tenant=tenant):
-        log.info("job created", extra={"queue": queue})
-        _dispatch(session, job.id, queue, job.priority)
+        log.info("job created", extra={"queue": job.queue})
+        send_now(session, job.id, job.queue, job.priority)
     session.refresh(job)
     return JobPublic.from_row(job)
-
-
-def _dispatch(session: Any, job_id: str, queue: str, priority: int) -> None:
-    """Send the job's id to the broker; if that fails the job stays in the outbox (201 anyway)."""
-    try:
-        send_job(job_id, queue, priority)
-    except Exception as exc:  # noqa: BLE001 - broker down: the housekeeping sweep sends it later
-        log.warning("broker unavailable; job left for the outbox sweep: %s", type(exc).__name__)
-        return
-    try:
-        mark_dispatched(session, job_id, only_if_unsent=True)
-    except Exception:  # noqa: BLE001 - harmless: the sweep sends it again, the claim is atomic
-        session.rollback()
-        log.warning("could not record the dispatch", exc_info=True)
 
 
 @router.get("", response_model=JobsPublic, summary="List jobs, newest first",

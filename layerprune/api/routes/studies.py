@@ -6,11 +6,10 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Response
-from sqlalchemy.exc import IntegrityError
 
 from layerprune.api.deps import SessionDep, SettingsDep, TenantDep
 from layerprune.api.errors import ApiError, not_found
-from layerprune.api.idempotent import replayed_id
+from layerprune.api.idempotent import create_once
 from layerprune.api.pagination import AfterQuery, LimitQuery, bad_cursor
 from layerprune.api.routes.jobs import IdempotencyKeyHeader
 from layerprune.api.schemas import error_responses
@@ -40,11 +39,8 @@ STUDY_EXAMPLE = {
 }
 
 
-def _replay(session: Any, tenant: str, key: str, digest: str, ttl_hours: int) -> dict[str, Any] | None:
-    object_id = replayed_id(session, tenant, key, digest, "study", ttl_hours)
-    if object_id is None:
-        return None
-    study = get_study(session, tenant, object_id)
+def _load(session: Any, tenant: str, study_id: str) -> dict[str, Any]:
+    study = get_study(session, tenant, study_id)
     if study is None:
         raise ApiError(409, "idempotency_key_reused", "this Idempotency-Key refers to another kind of object",
                        param="Idempotency-Key")
@@ -69,29 +65,24 @@ def create_study_route(
 ) -> dict[str, Any]:
     spec = parse_study(body)
     accepted = spec.model_dump(mode="json")
-    digest = idempotency.request_hash(accepted)
-    if idempotency_key:
-        replayed = _replay(session, tenant, idempotency_key, digest, settings.idempotency_ttl_hours)
-        if replayed is not None:
-            response.status_code = 200
-            return replayed
-    baseline, candidates = validate_study(session, tenant, spec, settings)
-    try:
+    created_jobs: list[Any] = []
+
+    def create() -> tuple[str, Any]:
+        baseline, candidates = validate_study(session, tenant, spec, settings)
         study, jobs = create_study_jobs(session, tenant, spec, baseline, candidates, settings)
-        if idempotency_key:
-            idempotency.remember(session, tenant, idempotency_key, digest, "study", study.id)
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        if idempotency_key:
-            replayed = _replay(session, tenant, idempotency_key, digest, settings.idempotency_ttl_hours)
-            if replayed is not None:
-                response.status_code = 200
-                return replayed
-        raise
+        created_jobs[:] = jobs
+        return study.id, study
+
+    outcome = create_once(session, tenant, idempotency_key, idempotency.request_hash(accepted), "study",
+                          settings.idempotency_ttl_hours, load=lambda study_id: _load(session, tenant, study_id),
+                          create=create)
+    if outcome.replayed is not None:
+        response.status_code = 200
+        return outcome.replayed
+    study = outcome.created
     with bind(tenant=tenant):
-        log.info("study created", extra={"study_id": study.id, "jobs": len(jobs)})
-        dispatch_jobs(session, jobs)
+        log.info("study created", extra={"study_id": study.id, "jobs": len(created_jobs)})
+        dispatch_jobs(session, created_jobs)
     session.refresh(study)
     return study_public(session, study)
 

@@ -75,6 +75,38 @@ def test_idempotency(client, new_tenant):
     client.post(f"/v1/studies/{first.json()['id']}/cancel", headers=h)
 
 
+
+def test_concurrent_requests_with_one_idempotency_key_make_one_study(client, app, new_tenant):
+    # The same race as for jobs, through the same api.idempotent.create_once: one study, one set
+    # of candidate jobs, and the losers answered 200 with the winner's study (never a 500).
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    _, h = new_tenant
+    hk = {**h, "Idempotency-Key": "study-race"}
+    results: list[tuple[int, str]] = []
+    barrier = threading.Barrier(3)
+
+    def post():
+        with TestClient(app) as c:
+            barrier.wait()
+            r = c.post("/v1/studies", json=STUDY, headers=hk)
+            results.append((r.status_code, r.json().get("id")))
+
+    threads = [threading.Thread(target=post) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(code for code, _ in results) == [200, 200, 201]
+    assert len({sid for _, sid in results}) == 1
+    studies = client.get("/v1/studies", headers=h).json()["data"]
+    assert [s["id"] for s in studies] == [results[0][1]]
+    jobs = client.get("/v1/jobs", headers=h).json()["data"]
+    assert len(jobs) == len(studies[0]["candidates"]) + 1  # the candidates and the one baseline
+    client.post(f"/v1/studies/{studies[0]['id']}/cancel", headers=h)
+
 BAD = [
     ({**STUDY, "axes": {**STUDY["axes"], "metrics": ["taylor", "angular", "bogus"]}}, "axes.metrics[2]"),
     ({**STUDY, "axes": {**STUDY["axes"], "metrics": ["taylor", "taylor"]}}, "axes.metrics[1]"),
