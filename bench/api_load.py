@@ -33,7 +33,6 @@ import asyncio
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -42,6 +41,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from layerprune.processes import stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("LAYERPRUNE_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -307,16 +308,6 @@ def _start(cmd: list[str], env: dict[str, str], port: int, log: Path) -> subproc
     return proc
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-
 class PgSampler(threading.Thread):
     """Counts the bench database's connections (and those idle in a transaction) while a load runs."""
 
@@ -398,7 +389,7 @@ def bench_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str
             path, pollers, streams = loads[name]
             result[name] = run_load(port, key, path, pollers, args.seconds, args.timeout, streams=streams,
                                     stream_path=f"{job_path}/events", server_pid=api.pid, pg_sampler=sampler)
-        _stop(api)
+        stop_group(api)
         api = None
 
         port = _free_port()
@@ -417,7 +408,7 @@ def bench_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str
     finally:
         for proc in (api, bare):
             if proc is not None:
-                _stop(proc)
+                stop_group(proc)
         if sampler:
             sampler.stop_event.set()
             sampler.join(5)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import httpx
 import pytest
 
 from layerprune.db.migrate import head_revision
+from layerprune.processes import stop_group
 from tests.tiny import save_tiny
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,16 +71,6 @@ def _env(data: Path, models: Path) -> dict[str, str]:
 def _start(argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
     return subprocess.Popen(argv, env=env, cwd=cwd, stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
                             start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 def test_a_regular_install_migrates_serves_and_runs_a_job(tmp_path):
@@ -145,5 +135,5 @@ def test_a_regular_install_migrates_serves_and_runs_a_job(tmp_path):
         assert job["status"] == "succeeded", f"{job}\n{logs()}"
         assert len(job["result"]["removed_layers"]) == 2, job["result"]
     finally:
-        _stop(worker)
-        _stop(api)
+        stop_group(worker)
+        stop_group(api)

@@ -6,7 +6,7 @@ package needs; a module may import its own package and any lower layer, never a 
 different package of its own rank):
 
     0  core            pure ML: models, pruning, healing, evaluation (no service code at all)
-    1  settings, logs  process configuration and structured logging
+    1  settings, logs, processes  process configuration, structured logging, stopping child processes
     1  service_fields  what a request adds to core's spec: webhook, metadata, priority
     2  studies         a study's spec, expansion, Pareto fronts and view (pure, torch-free)
     3  db              tables, sessions, reads (``db.jobs``), migrations
@@ -38,7 +38,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "layerprune"
 
 RANK = {
-    "core": 0, "settings": 1, "logs": 1, "service_fields": 1, "studies": 2, "db": 3, "queue": 4, "migrations": 4,
+    "core": 0, "settings": 1, "logs": 1, "service_fields": 1, "processes": 1, "studies": 2, "db": 3, "queue": 4, "migrations": 4,
     "metrics": 5, "storage": 5, "storage_s3": 6, "webhooks": 6, "artifact_store": 7, "worker": 8, "api": 8, "cli": 9,
 }
 LEAVES = {"layerprune", "layerprune.client", "layerprune.queue.status"}

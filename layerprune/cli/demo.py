@@ -28,7 +28,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from layerprune.cli.follow import follow
 from layerprune.cli.progress import ProgressView
 from layerprune.cli.render import comparison_table, human_bytes, human_duration
 from layerprune.client import LayerPruneClient
+from layerprune.processes import stop_group
 
 DEFAULT_TASKS = ("arc_easy", "piqa", "hellaswag")
 RECIPES = ("recommended", "paper")
@@ -216,19 +216,7 @@ class _Process:
             return ""
 
     def stop(self, grace: float = 20.0) -> None:
-        if self.alive():
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(5)
+        stop_group(self.proc, grace)
         self._fh.close()
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from layerprune.processes import stop_group
 from tests.service_fixtures import TEST_KEY_SECRET
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,10 +84,4 @@ def live_server(data_dir: Path, database_url: str | None = None, **settings: str
                 time.sleep(0.2)
         yield LiveServer(port, key, log)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+        stop_group(proc, grace=15)

@@ -5,7 +5,6 @@ with two tenants and a tiny Llama under the model roots. Started once per test s
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from layerprune.processes import stop_group
 from tests.tiny import save_tiny
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,13 +49,7 @@ class Proc:
         return self.proc.poll() is None
 
     def stop(self) -> None:
-        if self.alive():
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop_group(self.proc)
         self._fh.close()
 
     def tail(self, n: int = 40) -> str:

@@ -6,7 +6,6 @@ until ``layerprune migrate`` has run."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import pytest
 from sqlalchemy import create_engine, inspect
 
 from layerprune.db.migrate import SchemaBehindError, current_revision, ensure_schema, head_revision
+from layerprune.processes import stop_group
 from layerprune.settings import Settings
 from tests.service_fixtures import TEST_KEY_SECRET
 
@@ -49,16 +49,6 @@ def _cli(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 def _start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "layerprune.cli", *argv], env=env, cwd=REPO,
                             stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)  # noqa: SIM115
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 def _wait_for(predicate, what: str, log: Path, timeout: float = 90.0):  # noqa: ANN001, ANN202
@@ -131,7 +121,7 @@ def test_serve_with_auto_migrate_off_is_not_ready_until_migrated(tmp_path, how):
         _wait_for(lambda: httpx.get(f"{base}/v1/jobs", headers={"Authorization": f"Bearer {KEY}"},
                                         timeout=5).status_code == 200, "the bootstrap key", log)
     finally:
-        _stop(api)
+        stop_group(api)
 
 
 def test_worker_with_auto_migrate_off_waits_and_migrates_nothing(tmp_path):
@@ -145,4 +135,4 @@ def test_worker_with_auto_migrate_off_waits_and_migrates_nothing(tmp_path):
         assert worker.poll() is None  # waiting, not crashed
         assert _tables(f"sqlite:///{data / 'layerprune.db'}") == set()
     finally:
-        _stop(worker)
+        stop_group(worker)

@@ -19,6 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
+from layerprune.processes import stop_group
 from tests.service_fixtures import TEST_KEY_SECRET
 
 REPO = Path(__file__).resolve().parents[2]
@@ -211,17 +212,7 @@ class WorkerProcess:
         """Warm shutdown (SIGTERM); SIGKILL of the group if it does not end in time."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-        self.kill(signal.SIGKILL)
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # children left behind by a dead parent
-        except ProcessLookupError:
-            pass
+        stop_group(self.proc, grace=5)
         self._log.close()
 
     def log(self) -> str:
