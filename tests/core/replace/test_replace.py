@@ -315,12 +315,15 @@ def test_spec_shapes() -> None:
 
 
 @pytest.mark.slow
-def test_bundled_job_with_linear_replacement_through_the_pipeline(tmp_path: Path) -> None:
+@pytest.mark.parametrize("objective", ["lstsq", "cosine"])
+def test_bundled_job_with_linear_replacement_through_the_pipeline(objective: str, tmp_path: Path) -> None:
     from layerprune.core.pipeline import run_pipeline
     from layerprune.core.sources import resolve_model
 
+    # The cosine objective starts from the least-squares map and takes a few optimiser steps.
+    replace = {"method": "linear", "objective": objective, **({"steps": 30} if objective == "cosine" else {})}
     spec = JobSpec.model_validate({
-        "prune": {"metric": "angular", "num_layers": 7, "replace": "linear",
+        "prune": {"metric": "angular", "num_layers": 7, "replace": replace,
                   "calibration": {"num_samples": 4, "seq_len": 64, "batch_size": 2}},
         "evaluate": {"perplexity": {"dataset": "bundled:wikipedia-eval", "seq_len": 64, "max_windows": 2},
                      "compare_base": False}})
@@ -334,6 +337,7 @@ def test_bundled_job_with_linear_replacement_through_the_pipeline(tmp_path: Path
     assert result["metrics"]["after"]["perplexity"]["value"] > 0
     out = tmp_path / "output"
     record = json.loads((out / "layerprune.json").read_text())
+    assert rep["objective"] == objective and rep["steps"] == (30 if objective == "cosine" else 0)
     assert record["prune"]["replacement"] == rep and record["spec"]["prune"]["replace"]["method"] == "linear"
     card = (out / "README.md").read_text()
     assert "linear map" in card and run["folded_into"] in card
