@@ -18,6 +18,7 @@ Recipes (``--recipes`` picks some; ``--list`` prints them):
     angular[-lm|-distill]          angular block, plain removal [healed with LM loss | distillation]
     angular-lstsq[-lm|-distill]    angular block replaced by a least-squares linear map [...]
     angular-cosine[-lm|-distill]   angular block replaced by a cosine-fitted linear map [...]
+    angular-lstsq-distill-k11      as angular-lstsq-distill, healing the last 11 layers (all after the cut)
 
 Every healed recipe gets the same token budget (``--heal-steps`` × ``--heal-batch`` sequences of
 ``--heal-seq-len`` tokens). The LM and distillation heals of the angular recipes read the same
@@ -70,6 +71,9 @@ def recipes() -> dict[str, dict[str, Any]]:
         out[name] = {"prune": prune, "heal": None}
         out[name + "-lm"] = {"prune": prune, "heal": "lm", "data": TEXT}
         out[name + "-distill"] = {"prune": prune, "heal": "distill", "data": TEXT}
+    # Beyond the issue's list: the same budget spent on every layer after the cut (the angular run
+    # on this model is layers 12-18, so the last 11 of the 23 left), not only the last 3.
+    out["angular-lstsq-distill-k11"] = {**out["angular-lstsq-distill"], "trainable_last_layers": 11}
     return out
 
 
@@ -79,7 +83,7 @@ def job_spec(recipe: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
     if recipe["heal"] is not None:
         finetune: dict[str, Any] = {
             "method": "partial",
-            "trainable_last_layers": 3,
+            "trainable_last_layers": recipe.get("trainable_last_layers", 3),
             # SmolLM2 ties lm_head to the embeddings: training it unties them (+28M parameters);
             # only the paper's own recipe pays that, as the paper does.
             "train_lm_head": bool(recipe.get("train_lm_head", False)),
@@ -188,7 +192,7 @@ def print_table(rows: list[dict[str, Any]], dense: dict[str, Any], args: argpars
     print(f"\nbundled SmolLM2-135M-Instruct, 7 of 30 layers removed; accuracy on the first {args.limit} documents "
           f"of {', '.join(TASKS)}; perplexity on {args.ppl_windows} held-out windows of {args.ppl_seq_len} tokens")
     print(f"healing budget: {args.heal_steps} steps x {args.heal_batch} sequences x {args.heal_seq_len} tokens "
-          f"(lr {args.learning_rate}), partial (last 3 layers + final norm)\n")
+          f"(lr {args.learning_rate}), partial (last 3 layers + final norm unless the recipe says otherwise)\n")
     head = f"{'recipe':24} {'ppl':>10} {'x dense':>8} {'mean acc':>8} {'% dense':>7} " + \
         " ".join(f"{t[:9]:>9}" for t in TASKS) + f" {'params':>8} {'prune s':>7} {'heal s':>7}"
     print(head)
@@ -199,6 +203,40 @@ def print_table(rows: list[dict[str, Any]], dense: dict[str, Any], args: argpars
         accs = " ".join(f"{r['acc'][t]:9.3f}" for t in TASKS)
         print(f"{r['recipe']:24} {r['perplexity']:10.2f} {ratio:8.2f} {r['mean_acc']:8.3f} {pct:6.1f}% {accs} "
               f"{r['params'] / 1e6:7.1f}M {r.get('prune_cpu_s', 0):7.1f} {r.get('heal_cpu_s', 0):7.1f}")
+
+
+DESCRIBE = {
+    "paper": "reverse order, LM heal on instructions (the paper's recipe)",
+    "reverse-distill": "reverse order, distillation heal",
+    "angular": "angular block, plain removal, no healing",
+    "angular-lm": "angular block, plain removal, LM heal",
+    "angular-distill": "angular block, plain removal, distillation heal",
+    "angular-lstsq": "angular + linear map (lstsq), no healing",
+    "angular-lstsq-lm": "angular + linear map (lstsq), LM heal",
+    "angular-lstsq-distill": "angular + linear map (lstsq), distillation heal",
+    "angular-cosine": "angular + linear map (cosine), no healing",
+    "angular-cosine-lm": "angular + linear map (cosine), LM heal",
+    "angular-cosine-distill": "angular + linear map (cosine), distillation heal",
+    "angular-lstsq-distill-k11": "angular + linear map (lstsq), distillation heal of the last 11 layers",
+}
+
+
+def print_markdown(rows: list[dict[str, Any]], dense: dict[str, Any]) -> None:
+    """The same rows as a Markdown table (the README's), so the README copies figures, not retypes them."""
+    print("| recipe | perplexity | × dense | mean acc | % of dense | ARC-Easy | PIQA | HellaSwag | params "
+          "| prune CPU-s | heal CPU-s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in [dense, *rows]:
+        ratio = r["perplexity"] / dense["perplexity"]
+        pct = 100 * r["mean_acc"] / dense["mean_acc"]
+        accs = " | ".join(f"{r['acc'][t]:.3f}" for t in TASKS)
+        prune_s = f"{r['prune_cpu_s']:.0f}" if "prune_cpu_s" in r else "—"
+        heal_s = f"{r['heal_cpu_s']:.0f}" if r.get("heal_cpu_s") else "—"
+        name = DESCRIBE.get(r["recipe"], r["recipe"])
+        print(f"| {name} (`{r['recipe']}`) | {r['perplexity']:.2f} | {ratio:.2f} | {r['mean_acc']:.3f} | {pct:.1f}% "
+              f"| {accs} | {r['params'] / 1e6:.1f}M | {prune_s} | {heal_s} |" if r is not dense else
+              f"| dense (no pruning) | {r['perplexity']:.2f} | 1.00 | {r['mean_acc']:.3f} | 100.0% | {accs} "
+              f"| {r['params'] / 1e6:.1f}M | — | — |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heal-seq-len", type=int, default=256)
     p.add_argument("--learning-rate", type=float, default=2e-4)
     p.add_argument("--out", type=Path, default=None, help="also write the JSON line to this file")
+    p.add_argument("--markdown", action="store_true", help="also print the table in Markdown (the README's)")
     p.add_argument("--rows", type=Path, default=None,
                    help="keep every finished row in this JSONL file and reuse the rows already there that were "
                         "taken with the same settings, so a long run can be stopped and resumed")
@@ -249,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             rows.append(done.get(name) or keep(run_recipe(name, table[name], args, Path(tmp))))
     print_table(rows, dense, args)
+    if args.markdown:
+        print()
+        print_markdown(rows, dense)
     best = min(rows, key=lambda r: (r["perplexity"] > 1.5 * dense["perplexity"], -r["mean_acc"], r["perplexity"]))
     goals = {
         "best": best["recipe"],
