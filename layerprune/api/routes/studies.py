@@ -65,13 +65,11 @@ def create_study_route(
 ) -> dict[str, Any]:
     spec = parse_study(body)
     accepted = spec.model_dump(mode="json")
-    created_jobs: list[Any] = []
 
     def create() -> tuple[str, Any]:
         baseline, candidates = validate_study(session, tenant, spec, settings)
         study, jobs = create_study_jobs(session, tenant, spec, baseline, candidates, settings)
-        created_jobs[:] = jobs
-        return study.id, study
+        return study.id, (study, jobs)
 
     outcome = create_once(session, tenant, idempotency_key, idempotency.request_hash(accepted), "study",
                           settings.idempotency_ttl_hours, load=lambda study_id: _load(session, tenant, study_id),
@@ -79,10 +77,10 @@ def create_study_route(
     if outcome.replayed is not None:
         response.status_code = 200
         return outcome.replayed
-    study = outcome.created
+    study, jobs = outcome.created
     with bind(tenant=tenant):
-        log.info("study created", extra={"study_id": study.id, "jobs": len(created_jobs)})
-        dispatch_jobs(session, created_jobs)
+        log.info("study created", extra={"study_id": study.id, "jobs": len(jobs)})
+        dispatch_jobs(session, jobs)
     session.refresh(study)
     return study_public(session, study)
 
