@@ -221,6 +221,10 @@ DESCRIBE = {
 }
 
 
+def _num(x: float) -> str:
+    return f"{x:,.0f}" if x >= 1000 else f"{x:.2f}"
+
+
 def print_markdown(rows: list[dict[str, Any]], dense: dict[str, Any]) -> None:
     """The same rows as a Markdown table (the README's), so the README copies figures, not retypes them."""
     print("| recipe | perplexity | × dense | mean acc | % of dense | ARC-Easy | PIQA | HellaSwag | params "
@@ -233,7 +237,7 @@ def print_markdown(rows: list[dict[str, Any]], dense: dict[str, Any]) -> None:
         prune_s = f"{r['prune_cpu_s']:.0f}" if "prune_cpu_s" in r else "—"
         heal_s = f"{r['heal_cpu_s']:.0f}" if r.get("heal_cpu_s") else "—"
         name = DESCRIBE.get(r["recipe"], r["recipe"])
-        print(f"| {name} (`{r['recipe']}`) | {r['perplexity']:.2f} | {ratio:.2f} | {r['mean_acc']:.3f} | {pct:.1f}% "
+        print(f"| {name} (`{r['recipe']}`) | {_num(r['perplexity'])} | {_num(ratio)} | {r['mean_acc']:.3f} | {pct:.1f}% "
               f"| {accs} | {r['params'] / 1e6:.1f}M | {prune_s} | {heal_s} |" if r is not dense else
               f"| dense (no pruning) | {r['perplexity']:.2f} | 1.00 | {r['mean_acc']:.3f} | 100.0% | {accs} "
               f"| {r['params'] / 1e6:.1f}M | — | — |")
