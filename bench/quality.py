@@ -236,11 +236,9 @@ def print_markdown(rows: list[dict[str, Any]], dense: dict[str, Any]) -> None:
         accs = " | ".join(f"{r['acc'][t]:.3f}" for t in TASKS)
         prune_s = f"{r['prune_cpu_s']:.0f}" if "prune_cpu_s" in r else "—"
         heal_s = f"{r['heal_cpu_s']:.0f}" if r.get("heal_cpu_s") else "—"
-        name = DESCRIBE.get(r["recipe"], r["recipe"])
-        print(f"| {name} (`{r['recipe']}`) | {_num(r['perplexity'])} | {_num(ratio)} | {r['mean_acc']:.3f} | {pct:.1f}% "
-              f"| {accs} | {r['params'] / 1e6:.1f}M | {prune_s} | {heal_s} |" if r is not dense else
-              f"| dense (no pruning) | {r['perplexity']:.2f} | 1.00 | {r['mean_acc']:.3f} | 100.0% | {accs} "
-              f"| {r['params'] / 1e6:.1f}M | — | — |")
+        name = DENSE if r is dense else f"{DESCRIBE.get(r['recipe'], r['recipe'])} (`{r['recipe']}`)"
+        print(f"| {name} | {_num(r['perplexity'])} | {_num(ratio)} | {r['mean_acc']:.3f} | {pct:.1f}% "
+              f"| {accs} | {r['params'] / 1e6:.1f}M | {prune_s} | {heal_s} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ppl-windows", type=int, default=64)
     p.add_argument("--ppl-seq-len", type=int, default=256)
     p.add_argument("--calibration-samples", type=int, default=32)
-    # 30 x 8 x 256 tokens: a distillation heal (the dearest: the teacher runs on every token) takes
-    # about 15 CPU-minutes on this model, under 10 minutes on 2 cores.
+    # 30 x 8 x 256 tokens: a distillation heal (the dearest: the teacher runs on every token) took
+    # 11-14 minutes of one core on this model (README); two threads were not timed.
     p.add_argument("--heal-steps", type=int, default=30)
     p.add_argument("--heal-batch", type=int, default=8)
     p.add_argument("--heal-seq-len", type=int, default=256)
